@@ -1,0 +1,453 @@
+//! Planning a change to a thread: which rows to write, which plugin calls
+//! to make and which events to publish, decided in memory before anything
+//! is committed.
+//!
+//! A plan covers one step of a thread and everything that follows at once:
+//! a task finishing stores its output, archives it and enters its next
+//! task; a task that needs no environment finishes as it starts; a failure
+//! enters the error task. All of it commits in one transaction, so a thread
+//! is never seen half way between two tasks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::catalog::ResolvedDefinition;
+use super::task::{Task, TaskStatus, rfc3339};
+use super::template::{self, TemplateContext};
+use crate::plugin::{LoadedPlugin, Snapshot};
+use crate::storage::{TaskRecord, ThreadRecord, Transaction, Write};
+
+/// Tasks one plan may enter before the hub stops the chain: a `nextTask`
+/// loop of tasks that need no environment would otherwise never end.
+pub const MAX_STEPS: usize = 64;
+
+/// The environment a person answers through the HTTP API or the browser.
+pub const USER_ENVIRONMENT: &str = "user";
+
+/// A task instance with what the hub keeps beside it.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// The task.
+    pub task: Task,
+    /// Position in the thread, from 1.
+    pub seq: i64,
+    /// Unix milliseconds.
+    pub created_ms: i64,
+    /// Who holds it while dispatched, e.g. `plugin:llm-mock`.
+    pub provider: Option<String>,
+}
+
+impl Instance {
+    /// Returns the row for the live table or the archive.
+    pub fn record(&self, updated_ms: i64) -> TaskRecord {
+        TaskRecord {
+            instance_id: self.task.instance_id.clone(),
+            thread_id: self.task.thread_id.clone(),
+            seq: self.seq,
+            task_id: self.task.id.clone(),
+            status: self.task.status.as_str().to_owned(),
+            environment: self.task.environment.clone(),
+            provider: self.provider.clone(),
+            version: self.task.version as i64,
+            body: serde_json::to_string(&self.task).expect("a task always serializes"),
+            created_at: self.created_ms,
+            updated_at: updated_ms,
+        }
+    }
+
+    /// Rebuilds an instance from its stored row.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the stored body is not a task.
+    pub fn from_record(record: &TaskRecord) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            task: serde_json::from_str(&record.body)?,
+            seq: record.seq,
+            created_ms: record.created_at,
+            provider: record.provider.clone(),
+        })
+    }
+}
+
+/// The thread a plan works on.
+#[derive(Debug, Clone)]
+pub struct ThreadContext {
+    /// The thread.
+    pub thread_id: String,
+    /// Who started it.
+    pub user_id: Option<String>,
+    /// The group it runs for.
+    pub group_id: Option<String>,
+    /// The thread's first failure before this plan, if any. A failure in a
+    /// thread that already failed ends it instead of entering another
+    /// error task, so error tasks cannot loop.
+    pub error: Option<String>,
+}
+
+/// What a plan logs and publishes once it is committed.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A task entered the thread (and may have finished at once).
+    Entered(Task),
+    /// A live task changed.
+    Changed(Task),
+    /// The thread ended.
+    ThreadEnded {
+        /// The thread.
+        thread_id: String,
+        /// `done` or `failed`.
+        status: &'static str,
+    },
+}
+
+/// Row changes, plugin calls and outcomes for one step of a thread.
+pub struct Plan<'a> {
+    snapshot: &'a Snapshot,
+    thread: ThreadContext,
+    outputs: HashMap<String, Value>,
+    now: i64,
+    steps: usize,
+    last_seq: i64,
+    first_error: Option<String>,
+    /// Rows to commit.
+    pub transaction: Transaction,
+    /// Plugin calls to start once the transaction is committed.
+    pub dispatches: Vec<(Instance, Arc<LoadedPlugin>)>,
+    /// Tasks and threads to log and publish once committed.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl<'a> Plan<'a> {
+    /// Starts a plan for `thread`, whose outputs so far are `outputs`.
+    pub fn new(
+        snapshot: &'a Snapshot,
+        thread: ThreadContext,
+        outputs: HashMap<String, Value>,
+        now: i64,
+    ) -> Self {
+        Self {
+            snapshot,
+            thread,
+            outputs,
+            now,
+            steps: 0,
+            last_seq: 0,
+            first_error: None,
+            transaction: Transaction::new(),
+            dispatches: Vec::new(),
+            outcomes: Vec::new(),
+        }
+    }
+
+    /// Adds the row of a new thread that starts with `start_task_id`.
+    pub fn insert_thread(&mut self, start_task_id: &str) {
+        self.transaction.push(Write::InsertThread(ThreadRecord {
+            thread_id: self.thread.thread_id.clone(),
+            start_task_id: start_task_id.to_owned(),
+            status: "running".into(),
+            error: None,
+            user_id: self.thread.user_id.clone(),
+            group_id: self.thread.group_id.clone(),
+            task_count: 0,
+            created_at: self.now,
+            updated_at: self.now,
+        }));
+    }
+
+    /// Creates an instance of `definition` at position `seq` and takes it
+    /// as far as it goes without waiting, returning it as it ends up.
+    pub fn enter(
+        &mut self,
+        definition: &ResolvedDefinition,
+        input: Value,
+        parent: Option<&str>,
+        seq: i64,
+    ) -> Instance {
+        self.steps += 1;
+        self.last_seq = self.last_seq.max(seq);
+        let timestamp = rfc3339(self.now);
+        let mut instance = Instance {
+            task: Task {
+                id: definition.id.clone(),
+                instance_id: uuid::Uuid::now_v7().to_string(),
+                thread_id: self.thread.thread_id.clone(),
+                parent_instance_id: parent.map(str::to_owned),
+                user_id: self.thread.user_id.clone(),
+                group_id: self.thread.group_id.clone(),
+                environments: definition.environments.clone(),
+                environment: None,
+                status: TaskStatus::Pending,
+                state: Value::Null,
+                input,
+                output: Value::Null,
+                config: definition.config.clone(),
+                request: Value::Null,
+                response: Value::Null,
+                error: None,
+                next_task: definition.next_task.clone(),
+                command: None,
+                command_args: Value::Null,
+                version: 1,
+                created_at: timestamp.clone(),
+                updated_at: timestamp,
+                completed_at: None,
+            },
+            seq,
+            created_ms: self.now,
+            provider: None,
+        };
+        tracing::debug!(task_id = %definition.id, seq, "entering task");
+
+        if self.steps > MAX_STEPS {
+            let message = format!(
+                "more than {MAX_STEPS} tasks ran in a row without waiting for an environment; \
+                 check the nextTask chain through {} for a loop",
+                definition.id
+            );
+            return self.fail(instance, None, message);
+        }
+
+        if template::has_templates(&instance.task.config) {
+            let context = TemplateContext {
+                input: &instance.task.input,
+                outputs: &self.outputs,
+            };
+            match template::fill(&instance.task.config, &context) {
+                Ok(config) => instance.task.config = config,
+                Err(err) => {
+                    let message = format!("task {}: {err}", definition.id);
+                    return self.fail(instance, None, message);
+                }
+            }
+        }
+        if let Some(request) = instance.task.config.get("request") {
+            instance.task.request = request.clone();
+        }
+
+        if instance.task.environments.is_empty() {
+            instance.task.output = instance.task.input.clone();
+            instance.task.state = json!({ "done": true });
+            return self.complete(instance, None);
+        }
+        self.route(instance, 0, None)
+    }
+
+    /// Sends `instance` to its environment at `index`: a plugin call, a
+    /// wait for the user, or a wait for a provider. `expected_version` is
+    /// the stored version to replace; `None` inserts a new row.
+    pub fn route(
+        &mut self,
+        mut instance: Instance,
+        index: usize,
+        expected_version: Option<i64>,
+    ) -> Instance {
+        let environment = instance.task.environments[index].clone();
+        let provider = self.snapshot.provider(&environment).cloned();
+        instance.task.status = if environment == USER_ENVIRONMENT {
+            TaskStatus::Waiting
+        } else if provider.is_some() {
+            TaskStatus::Dispatched
+        } else {
+            TaskStatus::Pending
+        };
+        instance.provider = provider.as_ref().map(|plugin| format!("plugin:{}", plugin.name));
+        instance.task.environment = Some(environment);
+        instance.task.updated_at = rfc3339(self.now);
+
+        let record = instance.record(self.now);
+        self.transaction.push(match expected_version {
+            None => Write::InsertTask(record),
+            Some(expected_version) => Write::ReplaceTask {
+                record,
+                expected_version,
+            },
+        });
+        self.note(&instance, expected_version.is_none());
+        if let Some(plugin) = provider
+            && instance.task.status == TaskStatus::Dispatched
+        {
+            self.dispatches.push((instance.clone(), plugin));
+        }
+        instance
+    }
+
+    /// Stores a live task that changed but goes on where it is.
+    pub fn keep(&mut self, mut instance: Instance, expected_version: i64) -> Instance {
+        instance.task.updated_at = rfc3339(self.now);
+        self.transaction.push(Write::ReplaceTask {
+            record: instance.record(self.now),
+            expected_version,
+        });
+        self.outcomes.push(Outcome::Changed(instance.task.clone()));
+        instance
+    }
+
+    /// Finishes `instance`: archives it, stores its output and enters its
+    /// next task, or ends the thread.
+    pub fn complete(&mut self, mut instance: Instance, expected_version: Option<i64>) -> Instance {
+        // A person's answer is the output of a step that produced none.
+        if instance.task.output.is_null() && !instance.task.response.is_null() {
+            instance.task.output = instance.task.response.clone();
+        }
+        self.finish(&mut instance, TaskStatus::Done, expected_version);
+        let output = instance.task.output.clone();
+        self.transaction.push(Write::PutOutput {
+            thread_id: instance.task.thread_id.clone(),
+            task_id: instance.task.id.clone(),
+            instance_id: instance.task.instance_id.clone(),
+            output: output.to_string(),
+            at: self.now,
+        });
+        self.outputs.insert(instance.task.id.clone(), output.clone());
+
+        match instance.task.next_task.clone() {
+            None => self.end_thread(),
+            Some(next) => match self.snapshot.catalog.get(&next).cloned() {
+                Some(definition) => {
+                    self.enter(
+                        &definition,
+                        output,
+                        Some(&instance.task.instance_id),
+                        instance.seq + 1,
+                    );
+                }
+                None => {
+                    let message = format!(
+                        "task {} finished, but its next task {next} is not defined by any \
+                         loaded plugin",
+                        instance.task.id
+                    );
+                    self.record_error(message);
+                    self.end_thread();
+                }
+            },
+        }
+        instance
+    }
+
+    /// Fails `instance` with `message`: archives it and enters its error
+    /// task, or ends the thread when there is none (or the thread had
+    /// already failed).
+    pub fn fail(
+        &mut self,
+        mut instance: Instance,
+        expected_version: Option<i64>,
+        message: String,
+    ) -> Instance {
+        instance.task.error = Some(message.clone());
+        self.finish(&mut instance, TaskStatus::Failed, expected_version);
+        let thread_had_failed = self.thread.error.is_some();
+        self.record_error(message.clone());
+
+        if thread_had_failed {
+            self.end_thread();
+            return instance;
+        }
+        let target = self.error_task_for(&instance.task);
+        let Some(definition) = target.and_then(|id| self.snapshot.catalog.get(&id).cloned()) else {
+            self.end_thread();
+            return instance;
+        };
+        let input = json!({
+            "error": message,
+            "failedTask": {
+                "id": instance.task.id,
+                "instanceId": instance.task.instance_id,
+                "input": instance.task.input,
+            },
+        });
+        // The error task runs in a thread that has now failed once.
+        self.thread.error = self.first_error.clone();
+        self.enter(
+            &definition,
+            input,
+            Some(&instance.task.instance_id),
+            instance.seq + 1,
+        );
+        instance
+    }
+
+    /// Returns the error task for a failed task: `config.errorTask`, else
+    /// the definition's (inherited) error task, else the nearest `*.error`.
+    fn error_task_for(&self, task: &Task) -> Option<String> {
+        if let Some(id) = task.config.get("errorTask").and_then(Value::as_str) {
+            return Some(id.to_owned());
+        }
+        if let Some(id) = self
+            .snapshot
+            .catalog
+            .get(&task.id)
+            .and_then(|definition| definition.error_task.clone())
+        {
+            return Some(id);
+        }
+        self.snapshot
+            .catalog
+            .nearest_error_task(&task.id)
+            .map(|definition| definition.id.clone())
+    }
+
+    fn finish(&mut self, instance: &mut Instance, status: TaskStatus, expected_version: Option<i64>) {
+        let timestamp = rfc3339(self.now);
+        instance.task.status = status;
+        instance.task.environment = None;
+        instance.task.updated_at = timestamp.clone();
+        instance.task.completed_at = Some(timestamp);
+        instance.provider = None;
+        self.last_seq = self.last_seq.max(instance.seq);
+        self.transaction.push(Write::ArchiveTask {
+            record: instance.record(self.now),
+            expected_version,
+        });
+        self.note(instance, expected_version.is_none());
+    }
+
+    fn note(&mut self, instance: &Instance, entered: bool) {
+        let task = instance.task.clone();
+        self.outcomes.push(if entered {
+            Outcome::Entered(task)
+        } else {
+            Outcome::Changed(task)
+        });
+    }
+
+    fn record_error(&mut self, message: String) {
+        if self.first_error.is_none() {
+            self.first_error = Some(message);
+        }
+    }
+
+    fn end_thread(&mut self) {
+        let failed = self.thread.error.is_some() || self.first_error.is_some();
+        let status = if failed { "failed" } else { "done" };
+        self.outcomes.push(Outcome::ThreadEnded {
+            thread_id: self.thread.thread_id.clone(),
+            status,
+        });
+        self.push_thread_update(status);
+    }
+
+    /// Adds the thread row's update; call once the plan is complete.
+    pub fn finish_thread(&mut self) {
+        let ended = self
+            .outcomes
+            .iter()
+            .any(|outcome| matches!(outcome, Outcome::ThreadEnded { .. }));
+        if !ended {
+            self.push_thread_update("running");
+        }
+    }
+
+    fn push_thread_update(&mut self, status: &str) {
+        self.transaction.push(Write::UpdateThread {
+            thread_id: self.thread.thread_id.clone(),
+            status: status.to_owned(),
+            error: self.first_error.clone(),
+            task_count: self.last_seq,
+            at: self.now,
+        });
+    }
+}

@@ -1,0 +1,185 @@
+//! The `taskhub` command: `serve` runs the hub, `plugin check` validates a
+//! component.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use taskhub::plugin::{Limits, PluginHost, content_hash};
+use taskhub::{HubConfig, RunningHub};
+use tracing_subscriber::EnvFilter;
+
+/// A task hub: taskflows and environments as WebAssembly components, tasks
+/// stored in SQLite. Without a subcommand it runs `serve`.
+#[derive(Parser)]
+#[command(name = "taskhub", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub: serve HTTP, load and watch the plugins folder.
+    Serve(ServeArgs),
+    /// Work with plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Check that FILE is a component the hub can load, and print what it
+    /// exports and imports.
+    Check {
+        /// The `.wasm` component.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "TASKHUB_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Folder of plugin components (`*.wasm`), watched for changes.
+    #[arg(long, env = "TASKHUB_PLUGINS", default_value = "plugins")]
+    plugins: PathBuf,
+    /// SQLite database file, created if missing.
+    #[arg(long, env = "TASKHUB_DB", default_value = "taskhub.db")]
+    db: PathBuf,
+    /// Folder for compiled plugin artifacts; must be outside the plugins folder.
+    #[arg(long, env = "TASKHUB_CACHE_DIR", default_value = ".taskhub/cache")]
+    cache_dir: PathBuf,
+    /// Wall-clock time one plugin call may run, in milliseconds.
+    #[arg(long, env = "TASKHUB_PLUGIN_DEADLINE_MS", default_value_t = 10_000)]
+    plugin_deadline_ms: u64,
+    /// Linear memory one plugin instance may use, in MiB.
+    #[arg(long, env = "TASKHUB_PLUGIN_MEMORY_MIB", default_value_t = 128)]
+    plugin_memory_mib: usize,
+    /// Plugin calls that may run at once; more wait for a free slot.
+    #[arg(long, env = "TASKHUB_MAX_CONCURRENT_CALLS", default_value_t = 64)]
+    max_concurrent_calls: usize,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "TASKHUB_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+}
+
+impl ServeArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            deadline: Duration::from_millis(self.plugin_deadline_ms),
+            memory_bytes: self.plugin_memory_mib << 20,
+            max_concurrent_calls: self.max_concurrent_calls.max(1),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Serve(args)) => serve(args).await,
+        None => serve(cli.serve).await,
+        Some(Command::Plugin {
+            command: PluginCommand::Check { file },
+        }) => check(&file).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let hub = RunningHub::start(HubConfig {
+        listen: args.listen,
+        plugins: args.plugins.clone(),
+        db: args.db.clone(),
+        cache_dir: args.cache_dir.clone(),
+        limits: args.limits(),
+        max_body_bytes: args.max_body_bytes,
+    })
+    .await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    hub.stop().await
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("failed to install the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+async fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file)
+        .map_err(|err| anyhow::anyhow!("failed to read {}: {err}", file.display()))?;
+    let name = taskhub::reload::plugin_name(file).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is not a valid plugin file name: use NAME.wasm with letters, digits, `_`, `-` and `.`",
+            file.display()
+        )
+    })?;
+    let host = PluginHost::new(Limits::default(), None, None)?;
+    let hash = content_hash(&bytes);
+    let plugin = host
+        .load(&name, Arc::new(bytes), hash)
+        .await
+        .map_err(|err| anyhow::anyhow!("{} cannot be loaded: {err}", file.display()))?;
+
+    println!("plugin:       {}", plugin.name);
+    println!("version:      {}", plugin.hash);
+    println!("size:         {} bytes", plugin.size);
+    println!("wit package:  {}", taskhub::plugin::WIT_PACKAGE);
+    println!("exports:      {}", plugin.exports.interfaces.join(", "));
+    println!("imports:      {}", plugin.imports.join(", "));
+    if !plugin.exports.environments.is_empty() {
+        println!("environments: {}", plugin.exports.environments.join(", "));
+    }
+    if !plugin.definitions.is_empty() {
+        println!("tasks:");
+        for definition in &plugin.definitions {
+            let mut notes = Vec::new();
+            if definition.start {
+                notes.push("start".to_owned());
+            }
+            if let Some(environments) = &definition.environments {
+                notes.push(format!("environments [{}]", environments.join(", ")));
+            }
+            if let Some(next) = &definition.next_task {
+                notes.push(format!("next {next}"));
+            }
+            println!("  {} ({}) {}", definition.id, definition.label, notes.join("; "));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! Hot reload: keeps the plugin registry in step with the plugins folder.
+//!
+//! The pipeline for each `*.wasm` file: a watch event, a quiet period with
+//! no further events, two looks at the file's size and modification time
+//! that agree (so a copy still in progress is not read), read, hash, skip
+//! if the serving version has the same hash, compile or read the cache,
+//! check against the WIT worlds, trial-run, swap, record the version in
+//! the database, publish an event. A failure at any step keeps the
+//! serving version and records the error beside it. A removed file
+//! unloads its plugin.
+//!
+//! Calls that started on a replaced version hold an `Arc` to it and finish
+//! on it; new calls use the new version.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::engine::Engine;
+use crate::engine::task::now_millis;
+use crate::events::{Event, Events};
+use crate::plugin::{PluginHost, PluginRegistry, content_hash};
+use crate::storage::{Storage, Transaction, Write};
+
+/// Time without events on a file before it is looked at.
+const QUIET: Duration = Duration::from_millis(100);
+
+/// Time between the two looks that must agree.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Keeps the registry in step with one plugins folder.
+pub struct Reloader {
+    dir: PathBuf,
+    host: Arc<PluginHost>,
+    registry: Arc<PluginRegistry>,
+    storage: Storage,
+    engine: Arc<Engine>,
+    events: Events,
+}
+
+/// Keeps the folder watcher alive; dropping it stops hot reload.
+pub struct WatchGuard {
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl Reloader {
+    /// Creates a reloader for the plugins folder `dir`.
+    pub fn new(
+        dir: PathBuf,
+        host: Arc<PluginHost>,
+        registry: Arc<PluginRegistry>,
+        storage: Storage,
+        engine: Arc<Engine>,
+        events: Events,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            dir,
+            host,
+            registry,
+            storage,
+            engine,
+            events,
+        })
+    }
+
+    /// Loads every plugin file in the folder, creating the folder if it is
+    /// missing. Returns how many loaded.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the folder cannot be created or listed.
+    pub async fn load_all(&self) -> anyhow::Result<usize> {
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .with_context(|| format!("failed to create the plugins folder {}", self.dir.display()))?;
+        let mut paths = Vec::new();
+        let mut entries = tokio::fs::read_dir(&self.dir)
+            .await
+            .with_context(|| format!("failed to list the plugins folder {}", self.dir.display()))?;
+        while let Some(entry) = entries.next_entry().await? {
+            if plugin_name(&entry.path()).is_some() {
+                paths.push(entry.path());
+            }
+        }
+        paths.sort();
+        for path in &paths {
+            self.sync_file(path).await;
+        }
+        Ok(self.registry.snapshot().plugins.len())
+    }
+
+    /// Starts watching the folder. Changes are applied until the returned
+    /// guard is dropped.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the operating system refuses the watch.
+    pub fn watch(self: &Arc<Self>) -> anyhow::Result<WatchGuard> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            match event {
+                Ok(event) if !matches!(event.kind, EventKind::Access(_)) => {
+                    for path in event.paths {
+                        let _ = sender.send(path);
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "plugin folder watch error"),
+            }
+        })
+        .context("failed to create the plugin folder watcher")?;
+        watcher
+            .watch(&self.dir, RecursiveMode::NonRecursive)
+            .with_context(|| format!("failed to watch the plugins folder {}", self.dir.display()))?;
+        tokio::spawn(self.clone().debounce(receiver));
+        Ok(WatchGuard { _watcher: watcher })
+    }
+
+    /// Waits until each changed file has settled, then syncs it.
+    async fn debounce(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<PathBuf>) {
+        // For each file: when to look next, and what the last look saw.
+        let mut pending: HashMap<PathBuf, (Instant, Option<Look>)> = HashMap::new();
+        loop {
+            let next = pending.values().map(|(due, _)| *due).min();
+            tokio::select! {
+                change = changes.recv() => {
+                    let Some(path) = change else { return };
+                    if plugin_name(&path).is_some() {
+                        pending.insert(path, (Instant::now() + QUIET, None));
+                    }
+                }
+                () = sleep_until(next) => {
+                    let now = Instant::now();
+                    let due: Vec<PathBuf> = pending
+                        .iter()
+                        .filter(|(_, (at, _))| *at <= now)
+                        .map(|(path, _)| path.clone())
+                        .collect();
+                    for path in due {
+                        let look = look(&path).await;
+                        let (at, last) = pending.get_mut(&path).expect("due paths are pending");
+                        if look.is_some() && *last != look {
+                            *last = look;
+                            *at = now + SETTLE;
+                            continue;
+                        }
+                        pending.remove(&path);
+                        self.sync_file(&path).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings the registry in line with one file: load, replace or unload.
+    pub async fn sync_file(&self, path: &Path) {
+        let Some(name) = plugin_name(path) else {
+            return;
+        };
+        let file = path.display().to_string();
+        let bytes = match tokio::fs::read(path).await {
+            Ok(bytes) => Arc::new(bytes),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                self.unload(&name).await;
+                return;
+            }
+            Err(err) => {
+                self.reject(&name, &file, None, format!("failed to read the file: {err}")).await;
+                return;
+            }
+        };
+        let hash = content_hash(&bytes);
+        if self.registry.get(&name).is_some_and(|serving| serving.hash == hash) {
+            return;
+        }
+
+        let plugin = match self.host.load(&name, bytes, hash.clone()).await {
+            Ok(plugin) => plugin,
+            Err(err) => {
+                self.reject(&name, &file, Some(hash), err.to_string()).await;
+                return;
+            }
+        };
+        let exports = serde_json::to_string(&plugin.exports).ok();
+        let (from_cache, load_ms) = (plugin.from_cache, plugin.load_ms);
+        let replaced = match self.registry.install(plugin, &file) {
+            Ok(replaced) => replaced,
+            Err(err) => {
+                self.reject(&name, &file, Some(hash), err.to_string()).await;
+                return;
+            }
+        };
+
+        let now = now_millis();
+        let mut transaction = Transaction::new();
+        if let Some(old) = &replaced {
+            transaction.push(Write::PluginEnded {
+                name: name.clone(),
+                hash: old.hash.clone(),
+                replaced_by: Some(hash.clone()),
+                at: now,
+            });
+        }
+        transaction.push(Write::PluginVersion {
+            name: name.clone(),
+            hash: hash.clone(),
+            status: "loaded".into(),
+            error: None,
+            exports,
+            at: now,
+        });
+        self.record(transaction).await;
+
+        tracing::info!(
+            plugin = %name,
+            version = &hash[..12],
+            replaced = replaced.as_ref().map(|old| &old.hash[..12]).unwrap_or(""),
+            from_cache,
+            load_ms,
+            "plugin loaded"
+        );
+        self.events.publish(Event::PluginLoaded {
+            name,
+            version: hash,
+        });
+        if let Err(err) = self.engine.dispatch_pending().await {
+            tracing::error!(error = %err, "failed to dispatch pending tasks to a new plugin");
+        }
+    }
+
+    async fn unload(&self, name: &str) {
+        let Some(old) = self.registry.remove(name) else {
+            return;
+        };
+        let mut transaction = Transaction::new();
+        transaction.push(Write::PluginEnded {
+            name: name.to_owned(),
+            hash: old.hash.clone(),
+            replaced_by: None,
+            at: now_millis(),
+        });
+        self.record(transaction).await;
+        tracing::info!(plugin = %name, version = old.short_hash(), "plugin unloaded");
+        self.events.publish(Event::PluginUnloaded {
+            name: name.to_owned(),
+        });
+    }
+
+    async fn reject(&self, name: &str, file: &str, hash: Option<String>, message: String) {
+        let serving = self.registry.get(name);
+        tracing::warn!(
+            plugin = %name,
+            file,
+            version = hash.as_deref().map(|hash| &hash[..12]).unwrap_or(""),
+            serving = serving.as_ref().map(|plugin| plugin.short_hash()).unwrap_or("none"),
+            reason = %message,
+            "plugin rejected"
+        );
+        if let Some(hash) = &hash {
+            let mut transaction = Transaction::new();
+            transaction.push(Write::PluginVersion {
+                name: name.to_owned(),
+                hash: hash.clone(),
+                status: "rejected".into(),
+                error: Some(message.clone()),
+                exports: None,
+                at: now_millis(),
+            });
+            self.record(transaction).await;
+        }
+        self.registry.record_failure(name, file, hash, message.clone());
+        self.events.publish(Event::PluginRejected {
+            name: name.to_owned(),
+            error: message,
+        });
+    }
+
+    async fn record(&self, transaction: Transaction) {
+        if let Err(err) = self.storage.commit(transaction).await {
+            tracing::error!(error = %err, "failed to record a plugin version");
+        }
+    }
+}
+
+/// What one look at a file saw.
+type Look = (u64, SystemTime);
+
+async fn look(path: &Path) -> Option<Look> {
+    let metadata = tokio::fs::metadata(path).await.ok()?;
+    Some((metadata.len(), metadata.modified().ok()?))
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Returns the plugin name for a path: the stem of a `*.wasm` file whose
+/// name is letters, digits, `_`, `-` and `.`, not hidden.
+pub fn plugin_name(path: &Path) -> Option<String> {
+    if path.extension()? != "wasm" {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    let valid = !stem.is_empty()
+        && !stem.starts_with('.')
+        && stem
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    valid.then(|| stem.to_owned())
+}

@@ -1,0 +1,144 @@
+//! Wiring: opens the database, starts the plugin host, loads the plugins
+//! folder, resumes unfinished tasks, and serves HTTP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::engine::Engine;
+use crate::events::Events;
+use crate::http::{self, AppState};
+use crate::plugin::{ArtifactCache, Limits, PluginHost, PluginRegistry};
+use crate::reload::{Reloader, WatchGuard};
+use crate::storage::Storage;
+
+/// Everything `taskhub serve` needs to know.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Folder of plugin components, watched for changes.
+    pub plugins: PathBuf,
+    /// SQLite database file.
+    pub db: PathBuf,
+    /// Folder for compiled artifacts; must not be inside `plugins`.
+    pub cache_dir: PathBuf,
+    /// Limits for every plugin call.
+    pub limits: Limits,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// A hub that is serving.
+pub struct RunningHub {
+    /// The address it listens on (with the real port when 0 was asked).
+    pub address: SocketAddr,
+    /// The task engine.
+    pub engine: Arc<Engine>,
+    /// The plugin registry.
+    pub registry: Arc<PluginRegistry>,
+    /// The event stream.
+    pub events: Events,
+    server: JoinHandle<std::io::Result<()>>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    _watch: WatchGuard,
+}
+
+impl RunningHub {
+    /// Starts a hub: database, plugins, resume, HTTP.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the database cannot be opened, the plugins folder cannot
+    /// be watched, or the address cannot be bound.
+    pub async fn start(config: HubConfig) -> anyhow::Result<Self> {
+        if config.cache_dir.starts_with(&config.plugins) {
+            anyhow::bail!(
+                "the cache folder {} is inside the plugins folder {}; the watcher would reload \
+                 its own writes, so choose a cache folder elsewhere",
+                config.cache_dir.display(),
+                config.plugins.display()
+            );
+        }
+        let storage = Storage::open(&config.db).await?;
+        let cache = ArtifactCache::new(&config.cache_dir).with_context(|| {
+            format!("failed to create the cache folder {}", config.cache_dir.display())
+        })?;
+        let host = Arc::new(PluginHost::new(
+            config.limits.clone(),
+            Some(cache),
+            Some(storage.clone()),
+        )?);
+        let registry = Arc::new(PluginRegistry::new());
+        let events = Events::new();
+        let engine = Engine::new(storage.clone(), registry.clone(), host.clone(), events.clone());
+
+        let reloader = Reloader::new(
+            config.plugins.clone(),
+            host,
+            registry.clone(),
+            storage,
+            engine.clone(),
+            events.clone(),
+        );
+        // Watch before the first scan, so a file added during the scan is
+        // not missed.
+        let watch = reloader.watch()?;
+        let loaded = reloader.load_all().await?;
+        let resumed = engine.resume().await.context("failed to resume unfinished tasks")?;
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.listen))?;
+        let address = listener.local_addr()?;
+        let app = http::router(
+            AppState {
+                engine: engine.clone(),
+                registry: registry.clone(),
+            },
+            config.max_body_bytes,
+        );
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop.await;
+                })
+                .await
+        });
+
+        tracing::info!(
+            %address,
+            plugins = %config.plugins.display(),
+            database = %config.db.display(),
+            cache = %config.cache_dir.display(),
+            loaded,
+            resumed,
+            "hub listening"
+        );
+        Ok(Self {
+            address,
+            engine,
+            registry,
+            events,
+            server,
+            shutdown,
+            _watch: watch,
+        })
+    }
+
+    /// Stops accepting requests, lets those in flight finish, and returns.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the server task failed.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(());
+        self.server.await??;
+        Ok(())
+    }
+}

@@ -1,0 +1,373 @@
+//! SQLite storage: threads, live tasks, the archive, outputs and plugin
+//! versions.
+//!
+//! Reads go through a pool of read-only connections. Every write goes
+//! through one [`Writer`] task that commits batches of transactions (group
+//! commit), so a caller's transaction is durable when its `commit` returns.
+//! The database runs in WAL mode with `synchronous=FULL`: a commit reaches
+//! the disk before anyone is told it happened.
+//!
+//! This module knows rows, not rules: the task engine decides what to
+//! write and hands over a [`Transaction`].
+
+mod writer;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Row};
+
+pub use writer::{Transaction, Write, WriteError};
+use writer::Writer;
+
+/// How long a connection waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+// Column lists as macros, so `concat!` builds each query as one literal
+// and sqlx can see it contains no runtime data.
+macro_rules! select_live {
+    () => {
+        "SELECT instance_id, thread_id, seq, task_id, status, environment, provider, version, \
+         body, created_at, updated_at FROM tasks"
+    };
+}
+macro_rules! select_archive {
+    () => {
+        "SELECT instance_id, thread_id, seq, task_id, status, NULL AS environment, \
+         NULL AS provider, version, body, created_at, completed_at AS updated_at FROM archive"
+    };
+}
+macro_rules! select_thread {
+    () => {
+        "SELECT thread_id, start_task_id, status, error, user_id, group_id, task_count, \
+         created_at, updated_at FROM threads"
+    };
+}
+
+/// Errors from opening the database or reading it.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database could not be opened or migrated.
+    #[error("failed to open database {path}: {source}")]
+    Open {
+        /// Path of the database file.
+        path: String,
+        /// What SQLite or sqlx reported.
+        source: anyhow::Error,
+    },
+    /// A query failed.
+    #[error("database query failed: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// Where a task row lives: live tasks may still change, archived ones are
+/// finished and read-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shelf {
+    /// The `tasks` table.
+    Live,
+    /// The `archive` table.
+    Archive,
+}
+
+/// One task instance as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    /// Primary key.
+    pub instance_id: String,
+    /// The thread the instance belongs to.
+    pub thread_id: String,
+    /// Position in the thread, from 1.
+    pub seq: i64,
+    /// Task definition id.
+    pub task_id: String,
+    /// Lifecycle status as text (`pending`, `dispatched`, `waiting`,
+    /// `done`, `failed`).
+    pub status: String,
+    /// The environment the instance waits for or runs in.
+    pub environment: Option<String>,
+    /// Who holds a dispatched instance.
+    pub provider: Option<String>,
+    /// Version of the task, increased by every accepted update.
+    pub version: i64,
+    /// The task as JSON.
+    pub body: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds; the completion time for archived rows.
+    pub updated_at: i64,
+}
+
+/// One thread as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreadRecord {
+    /// Primary key.
+    pub thread_id: String,
+    /// The start task that began the thread.
+    pub start_task_id: String,
+    /// `running`, `done` or `failed`.
+    pub status: String,
+    /// First failure message of the thread.
+    pub error: Option<String>,
+    /// Who started the thread.
+    pub user_id: Option<String>,
+    /// The group the thread runs for.
+    pub group_id: Option<String>,
+    /// Number of task instances so far.
+    pub task_count: i64,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// The database: a pool of readers and the one writer.
+#[derive(Clone)]
+pub struct Storage {
+    readers: SqlitePool,
+    writer: Writer,
+}
+
+impl Storage {
+    /// Opens (creating if needed) the database at `path`, applies the
+    /// migrations and starts the writer task.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the file cannot be created or opened, is not a SQLite
+    /// database, or holds a schema newer than this build knows.
+    pub async fn open(path: &Path) -> Result<Self, StorageError> {
+        let open_error = |source: anyhow::Error| StorageError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+
+        let mut connection = options
+            .clone()
+            .create_if_missing(true)
+            .connect()
+            .await
+            .map_err(|err| open_error(err.into()))?;
+        sqlx::migrate!("./migrations")
+            .run(&mut connection)
+            .await
+            .map_err(|err| open_error(err.into()))?;
+
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(|err| open_error(err.into()))?;
+
+        Ok(Self {
+            readers,
+            writer: Writer::spawn(connection),
+        })
+    }
+
+    /// Commits `transaction` as one unit, batched with whatever else is
+    /// waiting, and returns once it is on disk.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Conflict`] when a compare-and-swap in the transaction
+    /// found another version (nothing of the transaction is written);
+    /// [`WriteError::Database`] when SQLite failed.
+    pub async fn commit(&self, transaction: Transaction) -> Result<(), WriteError> {
+        self.writer.commit(transaction).await
+    }
+
+    /// Checks that a read connection answers.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the database cannot be read.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    /// Returns one task instance, live or archived.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the query fails.
+    pub async fn task(&self, instance_id: &str) -> Result<Option<(Shelf, TaskRecord)>, StorageError> {
+        let live = sqlx::query(concat!(select_live!(), " WHERE instance_id = ?"))
+            .bind(instance_id)
+            .fetch_optional(&self.readers)
+            .await?;
+        if let Some(row) = live {
+            return Ok(Some((Shelf::Live, task_from_row(&row)?)));
+        }
+        let archived = sqlx::query(concat!(select_archive!(), " WHERE instance_id = ?"))
+            .bind(instance_id)
+            .fetch_optional(&self.readers)
+            .await?;
+        archived
+            .map(|row| Ok((Shelf::Archive, task_from_row(&row)?)))
+            .transpose()
+    }
+
+    /// Returns every instance of a thread, in order, live and archived.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the query fails.
+    pub async fn thread_tasks(&self, thread_id: &str) -> Result<Vec<TaskRecord>, StorageError> {
+        let rows = sqlx::query(concat!(
+            "SELECT * FROM (",
+            select_live!(),
+            " WHERE thread_id = ?1 UNION ALL ",
+            select_archive!(),
+            " WHERE thread_id = ?1) ORDER BY seq"
+        ))
+        .bind(thread_id)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    /// Returns one thread.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the query fails.
+    pub async fn thread(&self, thread_id: &str) -> Result<Option<ThreadRecord>, StorageError> {
+        let row = sqlx::query(concat!(select_thread!(), " WHERE thread_id = ?"))
+            .bind(thread_id)
+            .fetch_optional(&self.readers)
+            .await?;
+        row.as_ref().map(thread_from_row).transpose()
+    }
+
+    /// Returns up to `limit` threads, newest first, that began before the
+    /// thread `before` (all threads when `before` is `None`).
+    ///
+    /// # Errors
+    ///
+    /// Fails when the query fails.
+    pub async fn threads(
+        &self,
+        limit: u32,
+        before: Option<&ThreadRecord>,
+    ) -> Result<Vec<ThreadRecord>, StorageError> {
+        let rows = match before {
+            Some(cursor) => {
+                sqlx::query(concat!(
+                    select_thread!(),
+                    " WHERE (created_at, thread_id) < (?, ?) \
+                     ORDER BY created_at DESC, thread_id DESC LIMIT ?"
+                ))
+                .bind(cursor.created_at)
+                .bind(&cursor.thread_id)
+                .bind(limit)
+                .fetch_all(&self.readers)
+                .await?
+            }
+            None => {
+                sqlx::query(concat!(
+                    select_thread!(),
+                    " ORDER BY created_at DESC, thread_id DESC LIMIT ?"
+                ))
+                .bind(limit)
+                .fetch_all(&self.readers)
+                .await?
+            }
+        };
+        rows.iter().map(thread_from_row).collect()
+    }
+
+    /// Returns the latest output of every task id in a thread, as
+    /// `(task id, output JSON)`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the query fails.
+    pub async fn outputs(&self, thread_id: &str) -> Result<Vec<(String, String)>, StorageError> {
+        let rows = sqlx::query("SELECT task_id, output FROM outputs WHERE thread_id = ?")
+            .bind(thread_id)
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("task_id")?, row.try_get("output")?)))
+            .collect()
+    }
+
+    /// Returns the latest output of `task_id` in a thread.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the query fails.
+    pub async fn output(&self, thread_id: &str, task_id: &str) -> Result<Option<String>, StorageError> {
+        let row = sqlx::query("SELECT output FROM outputs WHERE thread_id = ? AND task_id = ?")
+            .bind(thread_id)
+            .bind(task_id)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(row.map(|row| row.try_get("output")).transpose()?)
+    }
+
+    /// Returns the live tasks with one of `statuses`, oldest first, for
+    /// resuming after a restart or when a provider appears.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the query fails.
+    pub async fn live_tasks(&self, statuses: &[&str]) -> Result<Vec<TaskRecord>, StorageError> {
+        let mut records = Vec::new();
+        for status in statuses {
+            let rows = sqlx::query(concat!(
+                select_live!(),
+                " WHERE status = ? ORDER BY created_at, instance_id"
+            ))
+            .bind(status)
+            .fetch_all(&self.readers)
+            .await?;
+            for row in &rows {
+                records.push(task_from_row(row)?);
+            }
+        }
+        Ok(records)
+    }
+}
+
+fn task_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord, StorageError> {
+    Ok(TaskRecord {
+        instance_id: row.try_get("instance_id")?,
+        thread_id: row.try_get("thread_id")?,
+        seq: row.try_get("seq")?,
+        task_id: row.try_get("task_id")?,
+        status: row.try_get("status")?,
+        environment: row.try_get("environment")?,
+        provider: row.try_get("provider")?,
+        version: row.try_get("version")?,
+        body: row.try_get("body")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn thread_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ThreadRecord, StorageError> {
+    Ok(ThreadRecord {
+        thread_id: row.try_get("thread_id")?,
+        start_task_id: row.try_get("start_task_id")?,
+        status: row.try_get("status")?,
+        error: row.try_get("error")?,
+        user_id: row.try_get("user_id")?,
+        group_id: row.try_get("group_id")?,
+        task_count: row.try_get("task_count")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
