@@ -35,8 +35,15 @@ fn main() {
     copy_if_changed(&built.join("faults.wasm"), &components.join("faults.wasm"));
 
     // The second variant of the fixture, for the hot-reload tests.
-    build_guests(&root, &target_dir, &["--package", "faults", "--features", "variant-b"]);
-    copy_if_changed(&built.join("faults.wasm"), &components.join("faults-b.wasm"));
+    build_guests(
+        &root,
+        &target_dir,
+        &["--package", "faults", "--features", "variant-b"],
+    );
+    copy_if_changed(
+        &built.join("faults.wasm"),
+        &components.join("faults-b.wasm"),
+    );
 
     let plugins = root.join("plugins");
     std::fs::create_dir_all(&plugins).expect("failed to create plugins/");
@@ -44,7 +51,10 @@ fn main() {
         let file = format!("{name}.wasm");
         copy_if_changed(&components.join(&file), &plugins.join(&file));
     }
-    println!("cargo:rustc-env=TASKHUB_TEST_COMPONENTS={}", components.display());
+    println!(
+        "cargo:rustc-env=TASKHUB_TEST_COMPONENTS={}",
+        components.display()
+    );
 }
 
 fn check_target_installed() {
@@ -68,7 +78,13 @@ fn build_guests(root: &Path, target_dir: &Path, extra: &[&str]) {
     let mut command = Command::new(cargo);
     command
         .current_dir(root.join("taskflows"))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(target_dir)
         .args(extra);
     // The host build's flags and wrappers are for the host, not for wasm.
@@ -82,7 +98,9 @@ fn build_guests(root: &Path, target_dir: &Path, extra: &[&str]) {
     ] {
         command.env_remove(variable);
     }
-    let output = command.output().expect("failed to run cargo for the example plugins");
+    let output = command
+        .output()
+        .expect("failed to run cargo for the example plugins");
     if !output.status.success() {
         panic!(
             "building the example plugins in taskflows/ failed:\n{}",

@@ -178,7 +178,12 @@ async fn check(file: &std::path::Path) -> anyhow::Result<()> {
             if let Some(next) = &definition.next_task {
                 notes.push(format!("next {next}"));
             }
-            println!("  {} ({}) {}", definition.id, definition.label, notes.join("; "));
+            println!(
+                "  {} ({}) {}",
+                definition.id,
+                definition.label,
+                notes.join("; ")
+            );
         }
     }
     Ok(())

@@ -78,7 +78,9 @@ impl Reloader {
     pub async fn load_all(&self) -> anyhow::Result<usize> {
         tokio::fs::create_dir_all(&self.dir)
             .await
-            .with_context(|| format!("failed to create the plugins folder {}", self.dir.display()))?;
+            .with_context(|| {
+                format!("failed to create the plugins folder {}", self.dir.display())
+            })?;
         let mut paths = Vec::new();
         let mut entries = tokio::fs::read_dir(&self.dir)
             .await
@@ -103,8 +105,8 @@ impl Reloader {
     /// Fails when the operating system refuses the watch.
     pub fn watch(self: &Arc<Self>) -> anyhow::Result<WatchGuard> {
         let (sender, receiver) = mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            match event {
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
                 Ok(event) if !matches!(event.kind, EventKind::Access(_)) => {
                     for path in event.paths {
                         let _ = sender.send(path);
@@ -112,12 +114,13 @@ impl Reloader {
                 }
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "plugin folder watch error"),
-            }
-        })
-        .context("failed to create the plugin folder watcher")?;
+            })
+            .context("failed to create the plugin folder watcher")?;
         watcher
             .watch(&self.dir, RecursiveMode::NonRecursive)
-            .with_context(|| format!("failed to watch the plugins folder {}", self.dir.display()))?;
+            .with_context(|| {
+                format!("failed to watch the plugins folder {}", self.dir.display())
+            })?;
         tokio::spawn(self.clone().debounce(receiver));
         Ok(WatchGuard { _watcher: watcher })
     }
@@ -171,12 +174,22 @@ impl Reloader {
                 return;
             }
             Err(err) => {
-                self.reject(&name, &file, None, format!("failed to read the file: {err}")).await;
+                self.reject(
+                    &name,
+                    &file,
+                    None,
+                    format!("failed to read the file: {err}"),
+                )
+                .await;
                 return;
             }
         };
         let hash = content_hash(&bytes);
-        if self.registry.get(&name).is_some_and(|serving| serving.hash == hash) {
+        if self
+            .registry
+            .get(&name)
+            .is_some_and(|serving| serving.hash == hash)
+        {
             return;
         }
 
@@ -274,7 +287,8 @@ impl Reloader {
             });
             self.record(transaction).await;
         }
-        self.registry.record_failure(name, file, hash, message.clone());
+        self.registry
+            .record_failure(name, file, hash, message.clone());
         self.events.publish(Event::PluginRejected {
             name: name.to_owned(),
             error: message,

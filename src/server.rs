@@ -66,7 +66,10 @@ impl RunningHub {
         }
         let storage = Storage::open(&config.db).await?;
         let cache = ArtifactCache::new(&config.cache_dir).with_context(|| {
-            format!("failed to create the cache folder {}", config.cache_dir.display())
+            format!(
+                "failed to create the cache folder {}",
+                config.cache_dir.display()
+            )
         })?;
         let host = Arc::new(PluginHost::new(
             config.limits.clone(),
@@ -75,7 +78,12 @@ impl RunningHub {
         )?);
         let registry = Arc::new(PluginRegistry::new());
         let events = Events::new();
-        let engine = Engine::new(storage.clone(), registry.clone(), host.clone(), events.clone());
+        let engine = Engine::new(
+            storage.clone(),
+            registry.clone(),
+            host.clone(),
+            events.clone(),
+        );
 
         let reloader = Reloader::new(
             config.plugins.clone(),
@@ -89,7 +97,10 @@ impl RunningHub {
         // not missed.
         let watch = reloader.watch()?;
         let loaded = reloader.load_all().await?;
-        let resumed = engine.resume().await.context("failed to resume unfinished tasks")?;
+        let resumed = engine
+            .resume()
+            .await
+            .context("failed to resume unfinished tasks")?;
 
         let listener = TcpListener::bind(config.listen)
             .await

@@ -156,7 +156,10 @@ impl Catalog {
         let resolved = declared
             .iter()
             .map(|(id, (definition, plugin))| {
-                (id.to_string(), resolve(definition, plugin.clone(), &declared))
+                (
+                    id.to_string(),
+                    resolve(definition, plugin.clone(), &declared),
+                )
             })
             .collect();
         Ok(Self {
@@ -383,7 +386,13 @@ mod tests {
     fn empty_environments_override_parent() {
         let definitions = story();
         let catalog = Catalog::build([("story", definitions.as_slice())]).unwrap();
-        assert!(catalog.get("examples.story.start").unwrap().environments.is_empty());
+        assert!(
+            catalog
+                .get("examples.story.start")
+                .unwrap()
+                .environments
+                .is_empty()
+        );
     }
 
     #[test]
@@ -416,7 +425,9 @@ mod tests {
     fn nearest_error_task_walks_up() {
         let definitions = story();
         let catalog = Catalog::build([("story", definitions.as_slice())]).unwrap();
-        let nearest = catalog.nearest_error_task("examples.story.summarize").unwrap();
+        let nearest = catalog
+            .nearest_error_task("examples.story.summarize")
+            .unwrap();
         assert_eq!(nearest.id, "examples.story.error");
         assert!(catalog.nearest_error_task("examples.other").is_none());
         assert!(catalog.nearest_error_task("examples.story.error").is_none());
@@ -469,7 +480,10 @@ mod tests {
         };
         assert!(matches!(
             check_definitions(&[bad_next]),
-            Err(CatalogError::InvalidReference { field: "nextTask", .. })
+            Err(CatalogError::InvalidReference {
+                field: "nextTask",
+                ..
+            })
         ));
         assert!(check_definitions(&story()).is_ok());
     }

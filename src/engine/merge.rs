@@ -53,7 +53,9 @@ pub enum MergeError {
     #[error("unknown task field `{0}`; fields an update may set: {fields}", fields = WRITABLE.join(", "))]
     UnknownField(String),
     /// The update changes a field the hub owns.
-    #[error("field `{0}` is set by the hub and cannot be changed; leave it out or send its current value")]
+    #[error(
+        "field `{0}` is set by the hub and cannot be changed; leave it out or send its current value"
+    )]
     HubOwned(String),
     /// A field has the wrong JSON type.
     #[error("field `{field}` must be {expected}")]
@@ -209,8 +211,15 @@ mod tests {
 
     #[test]
     fn objects_merge_key_by_key() {
-        let merged = merge(&task(), &json!({"output": {"text": "new", "extra": [1, 2]}})).unwrap();
-        assert_eq!(merged.output, json!({"text": "new", "keep": 1, "extra": [1, 2]}));
+        let merged = merge(
+            &task(),
+            &json!({"output": {"text": "new", "extra": [1, 2]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            merged.output,
+            json!({"text": "new", "keep": 1, "extra": [1, 2]})
+        );
     }
 
     #[test]

@@ -33,7 +33,9 @@ use task::{Task, TaskStatus, now_millis};
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// No loaded plugin defines the task id.
-    #[error("no loaded taskflow defines task {0}; GET /api/taskflows lists the tasks you can start")]
+    #[error(
+        "no loaded taskflow defines task {0}; GET /api/taskflows lists the tasks you can start"
+    )]
     UnknownTask(String),
     /// The id names a task that cannot begin a thread.
     #[error("task {0} is not a start task; GET /api/taskflows lists the tasks you can start")]
@@ -42,7 +44,9 @@ pub enum EngineError {
     #[error("no task instance {0}")]
     InstanceNotFound(String),
     /// The update was based on another version.
-    #[error("task {instance_id} is at version {current}, but the update was based on version {sent}; read the task again and resend")]
+    #[error(
+        "task {instance_id} is at version {current}, but the update was based on version {sent}; read the task again and resend"
+    )]
     VersionConflict {
         /// The task.
         instance_id: String,
@@ -150,9 +154,15 @@ impl Engine {
     /// # Errors
     ///
     /// Not found, finished, version conflict, invalid update, or storage.
-    pub async fn update(self: &Arc<Self>, instance_id: &str, update: &Value) -> Result<Task, EngineError> {
+    pub async fn update(
+        self: &Arc<Self>,
+        instance_id: &str,
+        update: &Value,
+    ) -> Result<Task, EngineError> {
         let sent = match update.get("version") {
-            Some(Value::Number(number)) if number.as_u64().is_some() => number.as_u64().unwrap_or(0),
+            Some(Value::Number(number)) if number.as_u64().is_some() => {
+                number.as_u64().unwrap_or(0)
+            }
             Some(_) => {
                 return Err(EngineError::Invalid(
                     "`version` must be a non-negative integer: the version of the task you last read".into(),
@@ -180,8 +190,9 @@ impl Engine {
         if shelf == Shelf::Archive {
             return Err(EngineError::Finished(instance_id.to_owned()));
         }
-        let instance = Instance::from_record(&record)
-            .map_err(|err| EngineError::Invalid(format!("stored task {instance_id} is unreadable: {err}")))?;
+        let instance = Instance::from_record(&record).map_err(|err| {
+            EngineError::Invalid(format!("stored task {instance_id} is unreadable: {err}"))
+        })?;
         if sent != instance.task.version {
             return Err(EngineError::VersionConflict {
                 instance_id: instance_id.to_owned(),
@@ -190,7 +201,8 @@ impl Engine {
             });
         }
 
-        let mut merged = merge::merge(&instance.task, update).map_err(|err| EngineError::Invalid(err.to_string()))?;
+        let mut merged = merge::merge(&instance.task, update)
+            .map_err(|err| EngineError::Invalid(err.to_string()))?;
         merged.version += 1;
         let updated = Instance {
             task: merged,
@@ -299,19 +311,25 @@ impl Engine {
             Ok(Ok(returned)) => match crate::plugin::apply_wit_task(&instance.task, returned) {
                 Ok(mut task) => {
                     task.version += 1;
-                    Ok(Instance { task, ..instance.clone() })
+                    Ok(Instance {
+                        task,
+                        ..instance.clone()
+                    })
                 }
                 Err(err) => Err(format!("plugin `{name}` returned an invalid task: {err}")),
             },
-            Ok(Err(RunError::InvalidTask(message))) => {
-                Err(format!("plugin `{name}` rejected the task as invalid: {message}"))
-            }
+            Ok(Err(RunError::InvalidTask(message))) => Err(format!(
+                "plugin `{name}` rejected the task as invalid: {message}"
+            )),
             Ok(Err(RunError::Failed(message))) => Err(format!("plugin `{name}` failed: {message}")),
             Err(err) => Err(err.to_string()),
         };
 
         let result = match outcome {
-            Ok(updated) => self.advance(updated, expected, Some(name)).await.map(|_| ()),
+            Ok(updated) => self
+                .advance(updated, expected, Some(name))
+                .await
+                .map(|_| ()),
             Err(message) => self.fail(instance.clone(), expected, message).await,
         };
         match result {
@@ -377,8 +395,15 @@ impl Engine {
         Ok(task)
     }
 
-    async fn fail(self: &Arc<Self>, instance: Instance, expected: i64, message: String) -> Result<(), EngineError> {
-        self.fail_returning(instance, expected, message).await.map(|_| ())
+    async fn fail(
+        self: &Arc<Self>,
+        instance: Instance,
+        expected: i64,
+        message: String,
+    ) -> Result<(), EngineError> {
+        self.fail_returning(instance, expected, message)
+            .await
+            .map(|_| ())
     }
 
     async fn fail_returning(
@@ -405,7 +430,10 @@ impl Engine {
             outcomes,
             ..
         } = plan;
-        self.storage.commit(transaction).await.map_err(EngineError::Write)?;
+        self.storage
+            .commit(transaction)
+            .await
+            .map_err(EngineError::Write)?;
 
         for outcome in outcomes {
             self.publish(outcome);
@@ -433,7 +461,9 @@ impl Engine {
         match outcome {
             Outcome::Entered(task) | Outcome::Changed(task) => {
                 log_task(&task);
-                self.events.publish(Event::TaskChanged { task: Box::new(task) });
+                self.events.publish(Event::TaskChanged {
+                    task: Box::new(task),
+                });
             }
             Outcome::ThreadEnded { thread_id, status } => {
                 tracing::info!(%thread_id, status, "thread ended");
@@ -485,7 +515,10 @@ fn environment_index(task: &Task) -> usize {
 }
 
 fn log_task(task: &Task) {
-    let taskflow = task.id.rsplit_once('.').map_or(task.id.as_str(), |(prefix, _)| prefix);
+    let taskflow = task
+        .id
+        .rsplit_once('.')
+        .map_or(task.id.as_str(), |(prefix, _)| prefix);
     let environment = task.environment.as_deref().unwrap_or("");
     match task.status {
         TaskStatus::Done => tracing::info!(

@@ -253,7 +253,9 @@ impl<'a> Plan<'a> {
         } else {
             TaskStatus::Pending
         };
-        instance.provider = provider.as_ref().map(|plugin| format!("plugin:{}", plugin.name));
+        instance.provider = provider
+            .as_ref()
+            .map(|plugin| format!("plugin:{}", plugin.name));
         instance.task.environment = Some(environment);
         instance.task.updated_at = rfc3339(self.now);
 
@@ -301,7 +303,8 @@ impl<'a> Plan<'a> {
             output: output.to_string(),
             at: self.now,
         });
-        self.outputs.insert(instance.task.id.clone(), output.clone());
+        self.outputs
+            .insert(instance.task.id.clone(), output.clone());
 
         match instance.task.next_task.clone() {
             None => self.end_thread(),
@@ -390,7 +393,12 @@ impl<'a> Plan<'a> {
             .map(|definition| definition.id.clone())
     }
 
-    fn finish(&mut self, instance: &mut Instance, status: TaskStatus, expected_version: Option<i64>) {
+    fn finish(
+        &mut self,
+        instance: &mut Instance,
+        status: TaskStatus,
+        expected_version: Option<i64>,
+    ) {
         let timestamp = rfc3339(self.now);
         instance.task.status = status;
         instance.task.environment = None;

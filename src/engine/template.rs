@@ -31,7 +31,9 @@ pub struct TemplateContext<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     /// A `{{` without its `}}`.
-    #[error("unterminated `{{{{` in config{location}; close it with `}}}}` or write `\\{{{{` for a literal")]
+    #[error(
+        "unterminated `{{{{` in config{location}; close it with `}}}}` or write `\\{{{{` for a literal"
+    )]
     Unterminated {
         /// Where in the config, e.g. `.prompt`.
         location: String,
@@ -111,7 +113,9 @@ fn fill_string(
 
     // A string that is one placeholder keeps the value's JSON type.
     let trimmed = text.trim();
-    if let Some(inner) = trimmed.strip_prefix("{{").and_then(|rest| rest.strip_suffix("}}"))
+    if let Some(inner) = trimmed
+        .strip_prefix("{{")
+        .and_then(|rest| rest.strip_suffix("}}"))
         && !inner.contains("{{")
         && !inner.contains("}}")
     {
@@ -160,13 +164,16 @@ fn resolve<'a>(
         "input" => walk(context.input, path)
             .ok_or_else(|| unresolved(format!("the task's input has no value at `{path}`"))),
         "outputs" => {
-            let (task_id, rest) = longest_output_prefix(path, context.outputs).ok_or_else(|| {
-                unresolved(format!(
-                    "no earlier task in this thread has an output named by `{path}`"
-                ))
-            })?;
+            let (task_id, rest) =
+                longest_output_prefix(path, context.outputs).ok_or_else(|| {
+                    unresolved(format!(
+                        "no earlier task in this thread has an output named by `{path}`"
+                    ))
+                })?;
             walk(&context.outputs[task_id], rest).ok_or_else(|| {
-                unresolved(format!("the output of `{task_id}` has no value at `{rest}`"))
+                unresolved(format!(
+                    "the output of `{task_id}` has no value at `{rest}`"
+                ))
             })
         }
         _ => Err(unresolved(format!(
@@ -198,11 +205,12 @@ fn walk<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     if path.is_empty() {
         return Some(value);
     }
-    path.split('.').try_fold(value, |value, segment| match value {
-        Value::Object(fields) => fields.get(segment),
-        Value::Array(items) => items.get(segment.parse::<usize>().ok()?),
-        _ => None,
-    })
+    path.split('.')
+        .try_fold(value, |value, segment| match value {
+            Value::Object(fields) => fields.get(segment),
+            Value::Array(items) => items.get(segment.parse::<usize>().ok()?),
+            _ => None,
+        })
 }
 
 #[cfg(test)]
@@ -213,8 +221,14 @@ mod tests {
 
     fn outputs() -> HashMap<String, Value> {
         HashMap::from([
-            ("examples.story.summarize".to_owned(), json!({"text": "A tale.", "words": 2})),
-            ("examples.story".to_owned(), json!({"text": "shadowed by the longer id"})),
+            (
+                "examples.story.summarize".to_owned(),
+                json!({"text": "A tale.", "words": 2}),
+            ),
+            (
+                "examples.story".to_owned(),
+                json!({"text": "shadowed by the longer id"}),
+            ),
             ("examples.list".to_owned(), json!({"items": ["a", "b"]})),
         ])
     }
@@ -222,7 +236,13 @@ mod tests {
     fn fill_with(config: Value) -> Result<Value, TemplateError> {
         let input = json!({"topic": "a lighthouse", "count": 3, "nested": {"ok": true}});
         let outputs = outputs();
-        fill(&config, &TemplateContext { input: &input, outputs: &outputs })
+        fill(
+            &config,
+            &TemplateContext {
+                input: &input,
+                outputs: &outputs,
+            },
+        )
     }
 
     #[test]
@@ -277,7 +297,10 @@ mod tests {
     fn missing_output_names_placeholder_and_location() {
         let error = fill_with(json!({"p": ["x", "{{outputs.examples.other.text}}"]})).unwrap_err();
         let message = error.to_string();
-        assert!(message.contains("{{outputs.examples.other.text}}"), "{message}");
+        assert!(
+            message.contains("{{outputs.examples.other.text}}"),
+            "{message}"
+        );
         assert!(message.contains("config.p[1]"), "{message}");
     }
 
@@ -291,7 +314,11 @@ mod tests {
     #[test]
     fn missing_key_in_output_is_error() {
         let error = fill_with(json!("{{outputs.examples.story.summarize.title}}")).unwrap_err();
-        assert!(error.to_string().contains("`examples.story.summarize` has no value at `title`"));
+        assert!(
+            error
+                .to_string()
+                .contains("`examples.story.summarize` has no value at `title`")
+        );
     }
 
     #[test]
@@ -303,7 +330,12 @@ mod tests {
     #[test]
     fn unterminated_placeholder_is_error() {
         let error = fill_with(json!({"p": "x {{input.topic"})).unwrap_err();
-        assert_eq!(error, TemplateError::Unterminated { location: ".p".into() });
+        assert_eq!(
+            error,
+            TemplateError::Unterminated {
+                location: ".p".into()
+            }
+        );
     }
 
     #[test]

@@ -21,7 +21,12 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .unwrap_or("");
-        let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if essence != "application/json" && !essence.ends_with("+json") {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -44,9 +49,8 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 ApiError::new(rejection.status(), "invalid_body", rejection.body_text())
             }
         })?;
-        let value = serde_json::from_slice(&bytes).map_err(|err| {
-            ApiError::invalid_json(format!("the body is not valid JSON: {err}"))
-        })?;
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|err| ApiError::invalid_json(format!("the body is not valid JSON: {err}")))?;
         Ok(Self(value))
     }
 }

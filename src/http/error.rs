@@ -72,7 +72,9 @@ impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
         let message = error.to_string();
         match error {
-            EngineError::UnknownTask(_) => Self::new(StatusCode::NOT_FOUND, "unknown_task", message),
+            EngineError::UnknownTask(_) => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_task", message)
+            }
             EngineError::NotStartable(_) => Self::invalid_task(message),
             EngineError::InstanceNotFound(_) => Self::not_found(message),
             EngineError::VersionConflict { .. } => {

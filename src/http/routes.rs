@@ -30,7 +30,9 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .await
         .map_err(|err| ApiError::internal(&err))?;
     let plugins = state.registry.snapshot().plugins.len();
-    Ok(Json(json!({ "status": "ok", "database": "ok", "plugins": plugins })))
+    Ok(Json(
+        json!({ "status": "ok", "database": "ok", "plugins": plugins }),
+    ))
 }
 
 pub async fn taskflows(State(state): State<AppState>) -> impl IntoResponse {
@@ -45,7 +47,11 @@ pub async fn start_task(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
-    let task = command_task(&body, "start", "POST /api/tasks/{instanceId} takes `update`")?;
+    let task = command_task(
+        &body,
+        "start",
+        "POST /api/tasks/{instanceId} takes `update`",
+    )?;
     for field in task.keys() {
         if field != "id" && field != "input" {
             return Err(ApiError::invalid_task(format!(
@@ -86,7 +92,10 @@ pub async fn update_task(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Task>, ApiError> {
     let task = command_task(&body, "update", "POST /api/tasks takes `start`")?;
-    let updated = state.engine.update(&instance_id, &Value::Object(task.clone())).await?;
+    let updated = state
+        .engine
+        .update(&instance_id, &Value::Object(task.clone()))
+        .await?;
     Ok(Json(updated))
 }
 
@@ -187,7 +196,10 @@ pub async fn list_threads(
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_query",
-            format!("{}; use ?limit=1..{MAX_PAGE}&before=THREAD_ID", rejection.body_text()),
+            format!(
+                "{}; use ?limit=1..{MAX_PAGE}&before=THREAD_ID",
+                rejection.body_text()
+            ),
         )
     })?;
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
@@ -205,7 +217,9 @@ pub async fn list_threads(
                 .thread(thread_id)
                 .await
                 .map_err(|err| ApiError::internal(&err))?
-                .ok_or_else(|| ApiError::not_found(format!("no thread {thread_id} to page before")))?,
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("no thread {thread_id} to page before"))
+                })?,
         ),
         None => None,
     };
@@ -221,7 +235,10 @@ pub async fn list_threads(
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {
-    ApiError::not_found(format!("no route for {}; the README lists the API's routes", uri.path()))
+    ApiError::not_found(format!(
+        "no route for {}; the README lists the API's routes",
+        uri.path()
+    ))
 }
 
 pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
@@ -278,6 +295,9 @@ fn command_task<'a>(
 
 fn task_from_record(record: &TaskRecord) -> Result<Task, ApiError> {
     serde_json::from_str(&record.body).map_err(|err| {
-        ApiError::internal(&format!("stored task {} is unreadable: {err}", record.instance_id))
+        ApiError::internal(&format!(
+            "stored task {} is unreadable: {err}",
+            record.instance_id
+        ))
     })
 }

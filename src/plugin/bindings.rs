@@ -15,9 +15,7 @@ wasmtime::component::bindgen!({
 
 pub use exports::taskhub::plugin::{environment, taskflow};
 pub use taskhub::plugin::host::Level;
-pub use taskhub::plugin::types::{
-    RunError, Task as WitTask, TaskDefinition as WitTaskDefinition,
-};
+pub use taskhub::plugin::types::{RunError, Task as WitTask, TaskDefinition as WitTaskDefinition};
 
 /// The WIT package this hub implements, as it appears in export names.
 pub const WIT_PACKAGE: &str = "taskhub:plugin@0.1.0";
@@ -54,7 +52,9 @@ pub fn to_wit_task(task: &Task) -> WitTask {
 
 /// A JSON field of a task a plugin returned that does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("field `{field}` is not valid JSON ({source}); return JSON text, or the empty string for null")]
+#[error(
+    "field `{field}` is not valid JSON ({source}); return JSON text, or the empty string for null"
+)]
 pub struct InvalidJson {
     /// The field.
     pub field: &'static str,
@@ -88,9 +88,10 @@ pub fn apply_wit_task(current: &Task, returned: WitTask) -> Result<Task, Invalid
 /// Fails when `config` does not parse.
 pub fn to_definition(definition: WitTaskDefinition) -> Result<Definition, String> {
     let config = match definition.config {
-        Some(text) => Some(parse_json(&text, "config").map_err(|err| {
-            format!("task definition {}: {err}", definition.id)
-        })?),
+        Some(text) => Some(
+            parse_json(&text, "config")
+                .map_err(|err| format!("task definition {}: {err}", definition.id))?,
+        ),
         None => None,
     };
     Ok(Definition {

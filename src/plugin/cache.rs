@@ -72,7 +72,8 @@ impl ArtifactCache {
     fn path(&self, engine: &Engine, hash: &str) -> PathBuf {
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        self.dir.join(format!("{hash}-{:016x}.cwasm", hasher.finish()))
+        self.dir
+            .join(format!("{hash}-{:016x}.cwasm", hasher.finish()))
     }
 }
 
@@ -82,7 +83,10 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     Ok((path, file))
 }
 
-#[expect(unsafe_code, reason = "wasmtime requires unsafe to load precompiled code")]
+#[expect(
+    unsafe_code,
+    reason = "wasmtime requires unsafe to load precompiled code"
+)]
 fn deserialize(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
     // SAFETY: `Component::deserialize_file` trusts the file to be an
     // artifact that wasmtime wrote. Only `ArtifactCache::put` writes into

@@ -177,7 +177,10 @@ impl LoadedPlugin {
 
     /// Whether the plugin provides `environment`.
     pub fn provides(&self, environment: &str) -> bool {
-        self.exports.environments.iter().any(|name| name == environment)
+        self.exports
+            .environments
+            .iter()
+            .any(|name| name == environment)
     }
 }
 
@@ -268,14 +271,17 @@ impl PluginHost {
 
         let imports = interface_names(&self.engine, &component, Direction::Imports);
         let interfaces = interface_names(&self.engine, &component, Direction::Exports);
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|err| LoadError::WorldMismatch(format!("{err:#}; a plugin may import only WASI 0.2 and {WIT_PACKAGE}")))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|err| {
+            LoadError::WorldMismatch(format!(
+                "{err:#}; a plugin may import only WASI 0.2 and {WIT_PACKAGE}"
+            ))
+        })?;
         let taskflow = taskflow::GuestIndices::new(&pre).ok();
         let environment = environment::GuestIndices::new(&pre).ok();
         if taskflow.is_none() && environment.is_none() {
-            return Err(LoadError::WorldMismatch(missing_exports_message(&interfaces)));
+            return Err(LoadError::WorldMismatch(missing_exports_message(
+                &interfaces,
+            )));
         }
 
         let mut plugin = LoadedPlugin {
@@ -318,7 +324,11 @@ impl PluginHost {
                 interface: "environment",
             });
         };
-        let _permit = self.calls.acquire().await.expect("the call semaphore is never closed");
+        let _permit = self
+            .calls
+            .acquire()
+            .await
+            .expect("the call semaphore is never closed");
         let context = CallContext {
             plugin: plugin.name.clone(),
             version: plugin.short_hash().to_owned(),
@@ -337,17 +347,22 @@ impl PluginHost {
         result.map_err(|err| self.call_error(&plugin.name, &store, err))
     }
 
-    async fn compile(&self, hash: &str, bytes: Arc<Vec<u8>>) -> Result<(Component, bool), LoadError> {
+    async fn compile(
+        &self,
+        hash: &str,
+        bytes: Arc<Vec<u8>>,
+    ) -> Result<(Component, bool), LoadError> {
         if let Some(cache) = &self.cache
             && let Some(component) = cache.get(&self.engine, hash)
         {
             return Ok((component, true));
         }
         let engine = self.engine.clone();
-        let component = tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
-            .await
-            .map_err(|err| LoadError::Compile(format!("the compile task failed: {err}")))?
-            .map_err(|err| LoadError::Compile(format!("{err:#}")))?;
+        let component =
+            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
+                .await
+                .map_err(|err| LoadError::Compile(format!("the compile task failed: {err}")))?
+                .map_err(|err| LoadError::Compile(format!("{err:#}")))?;
         if let Some(cache) = &self.cache
             && let Err(err) = cache.put(hash, &component)
         {
@@ -371,34 +386,35 @@ impl PluginHost {
             .pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|err| LoadError::Trial(self.call_error(&plugin.name, &store, err).to_string()))?;
+            .map_err(|err| {
+                LoadError::Trial(self.call_error(&plugin.name, &store, err).to_string())
+            })?;
 
         if let Some(indices) = &plugin.taskflow {
             let guest = indices
                 .load(&mut store, &instance)
                 .map_err(|err| LoadError::WorldMismatch(format!("{TASKFLOW_EXPORT}: {err:#}")))?;
-            let definitions = guest
-                .call_definitions(&mut store)
-                .await
-                .map_err(|err| LoadError::Trial(self.call_error(&plugin.name, &store, err).to_string()))?;
+            let definitions = guest.call_definitions(&mut store).await.map_err(|err| {
+                LoadError::Trial(self.call_error(&plugin.name, &store, err).to_string())
+            })?;
             let definitions = definitions
                 .into_iter()
                 .map(bindings::to_definition)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(LoadError::Definitions)?;
-            check_definitions(&definitions).map_err(|err| LoadError::Definitions(err.to_string()))?;
+            check_definitions(&definitions)
+                .map_err(|err| LoadError::Definitions(err.to_string()))?;
             plugin.exports.taskflows = definitions.iter().map(|d| d.id.clone()).collect();
             plugin.definitions = definitions;
         }
 
         if let Some(indices) = &plugin.environment {
-            let guest = indices
-                .load(&mut store, &instance)
-                .map_err(|err| LoadError::WorldMismatch(format!("{ENVIRONMENT_EXPORT}: {err:#}")))?;
-            let environments = guest
-                .call_environments(&mut store)
-                .await
-                .map_err(|err| LoadError::Trial(self.call_error(&plugin.name, &store, err).to_string()))?;
+            let guest = indices.load(&mut store, &instance).map_err(|err| {
+                LoadError::WorldMismatch(format!("{ENVIRONMENT_EXPORT}: {err:#}"))
+            })?;
+            let environments = guest.call_environments(&mut store).await.map_err(|err| {
+                LoadError::Trial(self.call_error(&plugin.name, &store, err).to_string())
+            })?;
             if let Some(bad) = environments.iter().find(|name| !is_valid_environment(name)) {
                 return Err(LoadError::Definitions(format!(
                     "environment name {bad:?} is invalid; use letters, digits, `.`, `_` and `-`"
@@ -438,7 +454,12 @@ impl PluginHost {
     }
 
     /// Classifies an error returned by a call.
-    fn call_error(&self, plugin: &str, store: &Store<CallState>, err: wasmtime::Error) -> CallError {
+    fn call_error(
+        &self,
+        plugin: &str,
+        store: &Store<CallState>,
+        err: wasmtime::Error,
+    ) -> CallError {
         let state = store.data();
         if state.deadline_hit {
             return CallError::Deadline {
@@ -527,8 +548,14 @@ enum Direction {
 fn interface_names(engine: &Engine, component: &Component, direction: Direction) -> Vec<String> {
     let ty = component.component_type();
     let mut names: Vec<String> = match direction {
-        Direction::Imports => ty.imports(engine).map(|(name, _)| name.to_owned()).collect(),
-        Direction::Exports => ty.exports(engine).map(|(name, _)| name.to_owned()).collect(),
+        Direction::Imports => ty
+            .imports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect(),
+        Direction::Exports => ty
+            .exports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect(),
     };
     names.sort();
     names
@@ -546,7 +573,11 @@ fn missing_exports_message(exports: &[String]) -> String {
             "the component exports neither `{TASKFLOW_EXPORT}` nor `{ENVIRONMENT_EXPORT}` \
              (it exports: {}); build it against the `taskflow-plugin`, `environment-plugin` \
              or `plugin` world of {WIT_PACKAGE}",
-            if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") }
+            if exports.is_empty() {
+                "nothing".to_owned()
+            } else {
+                exports.join(", ")
+            }
         )
     } else {
         format!(

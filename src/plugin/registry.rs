@@ -149,7 +149,10 @@ impl PluginRegistry {
             let snapshot = build_snapshot(plugins).unwrap_or_default();
             self.current.store(Arc::new(snapshot));
         }
-        self.statuses.lock().expect("status lock poisoned").remove(name);
+        self.statuses
+            .lock()
+            .expect("status lock poisoned")
+            .remove(name);
         removed
     }
 
@@ -162,20 +165,22 @@ impl PluginRegistry {
             at: rfc3339(crate::engine::task::now_millis()),
         };
         let mut statuses = self.statuses.lock().expect("status lock poisoned");
-        let status = statuses.entry(name.to_owned()).or_insert_with(|| PluginStatus {
-            name: name.to_owned(),
-            file: file.to_owned(),
-            status: "failed",
-            version: None,
-            wit_package: WIT_PACKAGE,
-            size: None,
-            loaded_at: None,
-            from_cache: None,
-            load_ms: None,
-            exports: None,
-            imports: None,
-            last_error: None,
-        });
+        let status = statuses
+            .entry(name.to_owned())
+            .or_insert_with(|| PluginStatus {
+                name: name.to_owned(),
+                file: file.to_owned(),
+                status: "failed",
+                version: None,
+                wit_package: WIT_PACKAGE,
+                size: None,
+                loaded_at: None,
+                from_cache: None,
+                load_ms: None,
+                exports: None,
+                imports: None,
+                last_error: None,
+            });
         status.last_error = Some(failure);
     }
 

@@ -70,7 +70,12 @@ impl CallState {
             return None;
         }
         let skip = text.chars().count().saturating_sub(STDERR_TAIL);
-        Some(text.chars().skip(skip).collect::<String>().replace('\n', " | "))
+        Some(
+            text.chars()
+                .skip(skip)
+                .collect::<String>()
+                .replace('\n', " | "),
+        )
     }
 }
 

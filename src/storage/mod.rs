@@ -20,8 +20,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Row};
 
-pub use writer::{Transaction, Write, WriteError};
 use writer::Writer;
+pub use writer::{Transaction, Write, WriteError};
 
 /// How long a connection waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -202,7 +202,10 @@ impl Storage {
     /// # Errors
     ///
     /// Fails when the query fails.
-    pub async fn task(&self, instance_id: &str) -> Result<Option<(Shelf, TaskRecord)>, StorageError> {
+    pub async fn task(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<(Shelf, TaskRecord)>, StorageError> {
         let live = sqlx::query(concat!(select_live!(), " WHERE instance_id = ?"))
             .bind(instance_id)
             .fetch_optional(&self.readers)
@@ -309,7 +312,11 @@ impl Storage {
     /// # Errors
     ///
     /// Fails when the query fails.
-    pub async fn output(&self, thread_id: &str, task_id: &str) -> Result<Option<String>, StorageError> {
+    pub async fn output(
+        &self,
+        thread_id: &str,
+        task_id: &str,
+    ) -> Result<Option<String>, StorageError> {
         let row = sqlx::query("SELECT output FROM outputs WHERE thread_id = ? AND task_id = ?")
             .bind(thread_id)
             .bind(task_id)

@@ -233,7 +233,10 @@ async fn apply_isolated(
     transaction: &Transaction,
 ) -> Result<(), WriteError> {
     let database_error = |err: sqlx::Error| WriteError::Database(err.to_string());
-    connection.execute("SAVEPOINT job").await.map_err(database_error)?;
+    connection
+        .execute("SAVEPOINT job")
+        .await
+        .map_err(database_error)?;
 
     let mut outcome = Ok(());
     for write in transaction.writes() {
@@ -249,7 +252,10 @@ async fn apply_isolated(
             .await
             .map_err(database_error)?;
     }
-    connection.execute("RELEASE job").await.map_err(database_error)?;
+    connection
+        .execute("RELEASE job")
+        .await
+        .map_err(database_error)?;
     outcome
 }
 
@@ -430,7 +436,11 @@ async fn apply(connection: &mut SqliteConnection, write: &Write) -> Result<(), W
             replaced_by,
             at,
         } => {
-            let status = if replaced_by.is_some() { "replaced" } else { "unloaded" };
+            let status = if replaced_by.is_some() {
+                "replaced"
+            } else {
+                "unloaded"
+            };
             sqlx::query(
                 "UPDATE plugin_versions SET status = ?, ended_at = ?, replaced_by = ? \
                  WHERE name = ? AND hash = ?",

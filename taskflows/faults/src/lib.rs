@@ -27,7 +27,11 @@ use exports::taskhub::plugin::taskflow::Guest as Taskflow;
 use serde_json::{Value, json};
 use taskhub::plugin::types::{RunError, Task, TaskDefinition};
 
-const VARIANT: &str = if cfg!(feature = "variant-b") { "b" } else { "a" };
+const VARIANT: &str = if cfg!(feature = "variant-b") {
+    "b"
+} else {
+    "a"
+};
 
 struct Faults;
 
@@ -87,7 +91,11 @@ impl Environment for Faults {
                     blocks.push(black_box(block));
                 }
             }
-            "fail" => return Err(RunError::Failed("the faults plugin was asked to fail".into())),
+            "fail" => {
+                return Err(RunError::Failed(
+                    "the faults plugin was asked to fail".into(),
+                ));
+            }
             "unfinished" => return Ok(task),
             "bad-json" => {
                 task.output = "{not json".into();

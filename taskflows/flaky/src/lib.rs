@@ -27,13 +27,23 @@ impl Taskflow for Flaky {
             definition("examples.flaky", "Flaky check", None, None),
             TaskDefinition {
                 start: true,
-                ..definition("examples.flaky.start", "Check a text", Some(&[]), Some("examples.flaky.check"))
+                ..definition(
+                    "examples.flaky.start",
+                    "Check a text",
+                    Some(&[]),
+                    Some("examples.flaky.check"),
+                )
             },
             TaskDefinition {
                 config: Some(r#"{"errorTask": "examples.flaky.recover"}"#.into()),
                 ..definition("examples.flaky.check", "Check", Some(&["checker"]), None)
             },
-            definition("examples.flaky.recover", "Recover from a failed check", Some(&[]), None),
+            definition(
+                "examples.flaky.recover",
+                "Recover from a failed check",
+                Some(&[]),
+                None,
+            ),
             TaskDefinition {
                 start: true,
                 ..definition(
@@ -43,7 +53,12 @@ impl Taskflow for Flaky {
                     Some("examples.flaky.quick.check"),
                 )
             },
-            definition("examples.flaky.quick.check", "Check", Some(&["checker"]), None),
+            definition(
+                "examples.flaky.quick.check",
+                "Check",
+                Some(&["checker"]),
+                None,
+            ),
             definition("examples.flaky.error", "Check failed", Some(&[]), None),
         ]
     }

@@ -54,7 +54,13 @@ impl Guest for Interview {
                 ),
                 None,
             ),
-            definition("examples.interview.error", "Interview failed", Some(&[]), None, None),
+            definition(
+                "examples.interview.error",
+                "Interview failed",
+                Some(&[]),
+                None,
+                None,
+            ),
         ]
     }
 }

@@ -92,7 +92,10 @@ fn story(prompt: &str, max_words: usize) -> String {
 
 /// Splits the text after the prompt's first colon into a title and parts.
 fn structure(prompt: &str, config: &Value) -> Value {
-    let text = prompt.split_once(':').map(|(_, rest)| rest).unwrap_or(prompt);
+    let text = prompt
+        .split_once(':')
+        .map(|(_, rest)| rest)
+        .unwrap_or(prompt);
     let parts: Vec<String> = text
         .split_terminator(['.', '!', '?'])
         .map(str::trim)
@@ -101,7 +104,13 @@ fn structure(prompt: &str, config: &Value) -> Value {
         .collect();
     let title: Vec<&str> = parts
         .first()
-        .map(|first| first.trim_end_matches('.').split_whitespace().take(5).collect())
+        .map(|first| {
+            first
+                .trim_end_matches('.')
+                .split_whitespace()
+                .take(5)
+                .collect()
+        })
         .unwrap_or_default();
 
     // Outputs of earlier tasks, read through the host rather than a template.
@@ -114,7 +123,12 @@ fn structure(prompt: &str, config: &Value) -> Value {
         .map(|id| {
             let words = host::output(id)
                 .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-                .and_then(|output| output.get("text").and_then(Value::as_str).map(str::to_owned))
+                .and_then(|output| {
+                    output
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
                 .map(|text| text.split_whitespace().count());
             json!({ "task": id, "words": words })
         })

@@ -1,0 +1,46 @@
+//! `taskhub plugin check`.
+
+use std::process::Command;
+
+use crate::support::COMPONENTS;
+
+fn check(file: &std::path::Path) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_taskhub"))
+        .args(["plugin", "check"])
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_prints_exports_of_valid_plugin() {
+    let (ok, stdout, stderr) = check(&std::path::Path::new(COMPONENTS).join("flaky.wasm"));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("plugin:       flaky"), "{stdout}");
+    assert!(
+        stdout.contains("taskhub:plugin/environment@0.1.0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("taskhub:plugin/taskflow@0.1.0"), "{stdout}");
+    assert!(stdout.contains("environments: checker"), "{stdout}");
+    assert!(
+        stdout.contains("examples.flaky.start (Check a text) start"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_rejects_invalid_file() {
+    let folder = tempfile::tempdir().unwrap();
+    let file = folder.path().join("broken.wasm");
+    std::fs::write(&file, b"\0asm\x0d\x00\x01\x00garbage").unwrap();
+    let (ok, _, stderr) = check(&file);
+    assert!(!ok);
+    assert!(stderr.contains("broken.wasm cannot be loaded"), "{stderr}");
+    assert!(stderr.contains("failed to compile"), "{stderr}");
+}

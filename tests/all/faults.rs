@@ -1,0 +1,127 @@
+//! Plugins that trap, loop, exhaust memory or return garbage: each call
+//! turns into an error task and the hub keeps serving.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Hub, HubFiles, task_ids};
+
+/// Runs the faults plugin in `mode` and returns the ended thread.
+async fn run_fault(hub: &Hub, input: Value) -> Value {
+    let started = hub.start_task("testing.faults.run", input).await;
+    hub.wait_thread_end(started["threadId"].as_str().unwrap())
+        .await
+}
+
+/// Asserts the thread failed into the error task and returns the error.
+fn failure(thread: &Value) -> String {
+    assert_eq!(thread["status"], "failed", "{thread}");
+    assert_eq!(
+        task_ids(thread),
+        ["testing.faults.run", "testing.faults.error"]
+    );
+    assert_eq!(thread["tasks"][0]["status"], "failed");
+    assert_eq!(thread["tasks"][1]["status"], "done");
+    thread["tasks"][0]["error"].as_str().unwrap().to_owned()
+}
+
+async fn assert_still_serving(hub: &Hub) {
+    let (status, _) = hub.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let thread = run_fault(hub, json!({"mode": "ok"})).await;
+    assert_eq!(thread["status"], "done");
+    assert_eq!(thread["tasks"][0]["output"], json!({"variant": "a"}));
+}
+
+#[tokio::test]
+async fn trap_becomes_error_task() {
+    let files = HubFiles::with_plugins(&["faults"]);
+    let hub = Hub::start(&files, &[]);
+
+    let error = failure(&run_fault(&hub, json!({"mode": "trap"})).await);
+    assert!(error.contains("plugin `faults` trapped"), "{error}");
+    // The panic message reaches the error through the captured stderr.
+    assert!(
+        error.contains("the faults plugin was asked to trap"),
+        "{error}"
+    );
+    assert_still_serving(&hub).await;
+}
+
+#[tokio::test]
+async fn endless_loop_is_stopped_by_deadline() {
+    let files = HubFiles::with_plugins(&["faults"]);
+    let hub = Hub::start(&files, &[]);
+
+    let error = failure(&run_fault(&hub, json!({"mode": "loop"})).await);
+    assert!(
+        error.contains("ran past its deadline of 1000 ms"),
+        "{error}"
+    );
+    assert_still_serving(&hub).await;
+}
+
+#[tokio::test]
+async fn memory_bomb_hits_cap() {
+    let files = HubFiles::with_plugins(&["faults"]);
+    let hub = Hub::start(&files, &[]);
+
+    let error = failure(&run_fault(&hub, json!({"mode": "alloc"})).await);
+    assert!(error.contains("memory cap of 32 MiB"), "{error}");
+    assert_still_serving(&hub).await;
+}
+
+#[tokio::test]
+async fn loops_do_not_block_other_tasks() {
+    let files = HubFiles::with_plugins(&["faults"]);
+    let hub = Hub::start(&files, &["--plugin-deadline-ms", "5000"]);
+
+    // Two looping calls, one per core, while ordinary tasks keep finishing.
+    let mut loops = Vec::new();
+    for _ in 0..2 {
+        loops.push(
+            hub.start_task("testing.faults.run", json!({"mode": "loop"}))
+                .await,
+        );
+    }
+    for _ in 0..3 {
+        let thread = run_fault(&hub, json!({"mode": "ok"})).await;
+        assert_eq!(thread["status"], "done");
+    }
+    for started in loops {
+        let (_, thread) = hub
+            .get(&format!(
+                "/api/threads/{}",
+                started["threadId"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(
+            thread["status"], "running",
+            "the looping task ended before its deadline"
+        );
+    }
+}
+
+#[tokio::test]
+async fn returned_garbage_fails_clearly() {
+    let files = HubFiles::with_plugins(&["faults"]);
+    let hub = Hub::start(&files, &[]);
+
+    let error = failure(&run_fault(&hub, json!({"mode": "bad-json"})).await);
+    assert!(error.contains("returned an invalid task"), "{error}");
+    assert!(error.contains("`output` is not valid JSON"), "{error}");
+
+    let error = failure(&run_fault(&hub, json!({"mode": "unfinished"})).await);
+    assert!(error.contains("returned the task unfinished"), "{error}");
+
+    let error = failure(&run_fault(&hub, json!({"mode": "fail"})).await);
+    assert!(
+        error.contains("plugin `faults` failed: the faults plugin was asked to fail"),
+        "{error}"
+    );
+
+    let error = failure(&run_fault(&hub, json!({"mode": "explode"})).await);
+    assert!(error.contains("rejected the task as invalid"), "{error}");
+    assert!(error.contains("\"explode\""), "{error}");
+    assert_still_serving(&hub).await;
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real hub binary, driven over HTTP, with the real
+//! example components. One test binary, so everything links once.
+
+mod bad_requests;
+mod cli;
+mod faults;
+mod hot_reload;
+mod restart;
+mod story;
+mod support;
+mod user_step;

@@ -1,0 +1,305 @@
+//! Runs the real `taskhub` binary on an ephemeral port with its own
+//! temporary database, cache and plugins folder, and talks to it over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Folder of the components `build.rs` built: the example plugins and the
+/// `faults` fixture in two variants.
+pub const COMPONENTS: &str = env!("TASKHUB_TEST_COMPONENTS");
+
+/// How long a test waits for a condition before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Returns the bytes of a built component, e.g. `story` or `faults-b`.
+pub fn component(name: &str) -> Vec<u8> {
+    let path = Path::new(COMPONENTS).join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|err| panic!("failed to read {}: {err}", path.display()))
+}
+
+/// The files of one hub: they outlive a hub process, so a restarted hub
+/// finds the same database.
+pub struct HubFiles {
+    root: tempfile::TempDir,
+}
+
+impl HubFiles {
+    /// Creates an empty plugins folder, database path and cache folder.
+    pub fn new() -> Self {
+        let root = tempfile::tempdir().expect("failed to create a temporary folder");
+        std::fs::create_dir(root.path().join("plugins")).unwrap();
+        Self { root }
+    }
+
+    /// Creates the folder with the given built components as plugins.
+    pub fn with_plugins(names: &[&str]) -> Self {
+        let files = Self::new();
+        for name in names {
+            files.install(name, name);
+        }
+        files
+    }
+
+    pub fn plugins(&self) -> PathBuf {
+        self.root.path().join("plugins")
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.root.path().join("hub.db")
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.root.path().join("cache")
+    }
+
+    /// Copies component `component` to `plugins/{plugin}.wasm` the way a
+    /// careful author does: write elsewhere, then rename into place.
+    pub fn install(&self, component_name: &str, plugin: &str) {
+        self.write_plugin(plugin, &component(component_name));
+    }
+
+    /// Writes `bytes` as `plugins/{plugin}.wasm` atomically.
+    pub fn write_plugin(&self, plugin: &str, bytes: &[u8]) {
+        let staging = self.root.path().join(format!("{plugin}.staging"));
+        std::fs::write(&staging, bytes).unwrap();
+        std::fs::rename(&staging, self.plugins().join(format!("{plugin}.wasm"))).unwrap();
+    }
+
+    /// Returns the path of `plugins/{plugin}.wasm`.
+    pub fn plugin_path(&self, plugin: &str) -> PathBuf {
+        self.plugins().join(format!("{plugin}.wasm"))
+    }
+}
+
+/// A running hub process.
+pub struct Hub {
+    child: Child,
+    pub base: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    client: reqwest::Client,
+}
+
+impl Hub {
+    /// Starts `taskhub serve` on the files with `extra` arguments (a 1 s
+    /// plugin deadline and a 32 MiB memory cap unless `extra` sets them),
+    /// and waits until it listens.
+    pub fn start(files: &HubFiles, extra: &[&str]) -> Self {
+        let mut defaults = Vec::new();
+        for (flag, value) in [
+            ("--plugin-deadline-ms", "1000"),
+            ("--plugin-memory-mib", "32"),
+        ] {
+            if !extra.contains(&flag) {
+                defaults.extend([flag, value]);
+            }
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_taskhub"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--plugins")
+            .arg(files.plugins())
+            .arg("--db")
+            .arg(files.db())
+            .arg("--cache-dir")
+            .arg(files.cache())
+            .args(defaults)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("failed to start the taskhub binary");
+
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (address_sender, address) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("hub: {line}");
+                if line.contains("hub listening")
+                    && let Some(address) = field(&line, "address")
+                {
+                    let _ = address_sender.send(address);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+
+        let address = match address.recv_timeout(Duration::from_secs(60)) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the hub did not start listening within 60 s");
+            }
+        };
+        Self {
+            child,
+            base: format!("http://{address}"),
+            logs,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Waits until a log line contains every one of `parts`.
+    pub async fn wait_for_log(&self, parts: &[&str]) -> String {
+        let logs = self.logs.clone();
+        let parts: Vec<String> = parts.iter().map(|part| part.to_string()).collect();
+        wait_until("a log line", || {
+            let logs = logs.clone();
+            let parts = parts.clone();
+            async move {
+                logs.lock()
+                    .unwrap()
+                    .iter()
+                    .find(|line| parts.iter().all(|part| line.contains(part.as_str())))
+                    .cloned()
+            }
+        })
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.post_raw(path, "application/json", body.to_string())
+            .await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: String,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Starts task `id` and returns the created task; fails unless 201.
+    pub async fn start_task(&self, id: &str, input: Value) -> Value {
+        let (status, task) = self
+            .post(
+                "/api/tasks",
+                &json!({"command": "start", "task": {"id": id, "input": input}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "starting {id}: {task}");
+        task
+    }
+
+    /// Waits until the thread has ended and returns it.
+    pub async fn wait_thread_end(&self, thread_id: &str) -> Value {
+        self.wait_thread(thread_id, |thread| thread["status"] != "running")
+            .await
+    }
+
+    /// Waits until the thread satisfies `check` and returns it.
+    pub async fn wait_thread(&self, thread_id: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let path = format!("/api/threads/{thread_id}");
+        wait_until(&format!("thread {thread_id}"), || async {
+            let (status, thread) = self.get(&path).await;
+            (status == StatusCode::OK && check(&thread)).then_some(thread)
+        })
+        .await
+    }
+
+    /// Waits until the thread's last task has `status` and returns it.
+    pub async fn wait_last_task(&self, thread_id: &str, status: &str) -> Value {
+        let thread = self
+            .wait_thread(thread_id, |thread| {
+                thread["tasks"]
+                    .as_array()
+                    .and_then(|tasks| tasks.last())
+                    .map(|task| &task["status"])
+                    == Some(&json!(status))
+            })
+            .await;
+        thread["tasks"].as_array().unwrap().last().unwrap().clone()
+    }
+
+    /// Waits until `/api/plugins` satisfies `check` and returns the list.
+    pub async fn wait_plugins(&self, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        wait_until("the plugin list", || async {
+            let (_, plugins) = self.get("/api/plugins").await;
+            let plugins = plugins.as_array().cloned().unwrap_or_default();
+            check(&plugins).then_some(plugins)
+        })
+        .await
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Returns the plugin named `name` from a `/api/plugins` list.
+pub fn plugin<'a>(plugins: &'a [Value], name: &str) -> Option<&'a Value> {
+    plugins.iter().find(|plugin| plugin["name"] == name)
+}
+
+/// Returns the ids of the tasks of a thread, in order.
+pub fn task_ids(thread: &Value) -> Vec<String> {
+    thread["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|task| task["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Polls `probe` every 20 ms until it returns a value; fails after
+/// [`PATIENCE`].
+pub async fn wait_until<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(started.elapsed() < PATIENCE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Returns the value of `name=value` in a log line.
+fn field(line: &str, name: &str) -> Option<String> {
+    let start = line.find(&format!("{name}="))? + name.len() + 1;
+    let value = line[start..].split_whitespace().next()?;
+    Some(value.trim_matches('"').to_owned())
+}
