@@ -1,11 +1,12 @@
 //! Hot reload: keeps the plugin registry in step with the plugins folder.
 //!
-//! The pipeline for each `*.wasm` file: a watch event, a quiet period with
-//! no further events, two looks at the file's size and modification time
-//! that agree (so a copy still in progress is not read), read, hash, skip
-//! if the serving version has the same hash, compile or read the cache,
-//! check against the WIT worlds, trial-run, swap, record the version in
-//! the database, publish an event. A failure at any step keeps the
+//! The pipeline for each `*.wasm` file starts with a watch event and a quiet
+//! period with no further events. Then two looks at the file's size and
+//! modification time must agree, so a copy still in progress is not read.
+//! The file is read and hashed, and skipped if the serving version has the
+//! same hash. Otherwise it is compiled (or read from the cache), checked
+//! against the WIT worlds and trial-run, then swapped in, recorded in the
+//! database and announced as an event. A failure at any step keeps the
 //! serving version and records the error beside it. A removed file
 //! unloads its plugin.
 //!
@@ -302,7 +303,7 @@ impl Reloader {
     }
 }
 
-/// What one look at a file saw.
+/// The size and modification time one look at a file saw.
 type Look = (u64, SystemTime);
 
 async fn look(path: &Path) -> Option<Look> {

@@ -341,6 +341,7 @@ impl Engine {
                     version = instance.task.version,
                     "dropping a plugin result: the task changed while the plugin ran"
                 );
+                self.redispatch(&instance.task.instance_id).await;
             }
             Err(err) => {
                 tracing::error!(
@@ -350,6 +351,38 @@ impl Engine {
                     "failed to store a plugin result; the task is run again after a restart"
                 );
             }
+        }
+    }
+
+    /// Runs a task again when a plugin's result was dropped because an
+    /// update changed the task meanwhile but left it dispatched: no call
+    /// would otherwise finish it.
+    async fn redispatch(self: &Arc<Self>, instance_id: &str) {
+        let record = match self.storage.task(instance_id).await {
+            Ok(Some((Shelf::Live, record))) if record.status == "dispatched" => record,
+            Ok(_) => return,
+            Err(err) => {
+                tracing::error!(instance_id, error = %err, "failed to read a task to run it again");
+                return;
+            }
+        };
+        let Ok(instance) = Instance::from_record(&record) else {
+            return;
+        };
+        let snapshot = self.plugins.snapshot();
+        let thread = match self.thread_context(&instance.task).await {
+            Ok(thread) => thread,
+            Err(err) => {
+                tracing::error!(instance_id, error = %err, "failed to read a thread to run a task again");
+                return;
+            }
+        };
+        let index = environment_index(&instance.task);
+        let expected = instance.task.version as i64;
+        let mut plan = Plan::new(&snapshot, thread, HashMap::new(), now_millis());
+        plan.route(instance, index, Some(expected));
+        if let Err(err) = self.execute(plan).await {
+            tracing::warn!(instance_id, error = %err, "did not run a changed task again");
         }
     }
 

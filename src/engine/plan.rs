@@ -2,9 +2,9 @@
 //! to make and which events to publish, decided in memory before anything
 //! is committed.
 //!
-//! A plan covers one step of a thread and everything that follows at once:
-//! a task finishing stores its output, archives it and enters its next
-//! task; a task that needs no environment finishes as it starts; a failure
+//! A plan covers one step of a thread and everything that follows at once.
+//! A finishing task stores its output, is archived and enters its next
+//! task. A task that needs no environment finishes as it starts. A failure
 //! enters the error task. All of it commits in one transaction, so a thread
 //! is never seen half way between two tasks.
 
@@ -23,7 +23,8 @@ use crate::storage::{TaskRecord, ThreadRecord, Transaction, Write};
 /// loop of tasks that need no environment would otherwise never end.
 pub const MAX_STEPS: usize = 64;
 
-/// The environment a person answers through the HTTP API or the browser.
+/// The environment of tasks that a person completes through the HTTP API
+/// or the browser.
 pub const USER_ENVIRONMENT: &str = "user";
 
 /// A task instance with what the hub keeps beside it.
@@ -35,7 +36,7 @@ pub struct Instance {
     pub seq: i64,
     /// Unix milliseconds.
     pub created_ms: i64,
-    /// Who holds it while dispatched, e.g. `plugin:llm-mock`.
+    /// The provider running it while dispatched, e.g. `plugin:llm-mock`.
     pub provider: Option<String>,
 }
 
@@ -77,7 +78,7 @@ impl Instance {
 pub struct ThreadContext {
     /// The thread.
     pub thread_id: String,
-    /// Who started it.
+    /// The user who started it.
     pub user_id: Option<String>,
     /// The group it runs for.
     pub group_id: Option<String>,
@@ -87,7 +88,7 @@ pub struct ThreadContext {
     pub error: Option<String>,
 }
 
-/// What a plan logs and publishes once it is committed.
+/// A change a plan logs and publishes once it is committed.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// A task entered the thread (and may have finished at once).
@@ -290,7 +291,7 @@ impl<'a> Plan<'a> {
     /// Finishes `instance`: archives it, stores its output and enters its
     /// next task, or ends the thread.
     pub fn complete(&mut self, mut instance: Instance, expected_version: Option<i64>) -> Instance {
-        // A person's answer is the output of a step that produced none.
+        // A person's response is the output of a step that produced none.
         if instance.task.output.is_null() && !instance.task.response.is_null() {
             instance.task.output = instance.task.response.clone();
         }

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-/// What placeholders may refer to.
+/// The values placeholders may refer to.
 pub struct TemplateContext<'a> {
     /// The instance's input.
     pub input: &'a Value,
@@ -27,7 +27,7 @@ pub struct TemplateContext<'a> {
     pub outputs: &'a HashMap<String, Value>,
 }
 
-/// Why a template could not be filled.
+/// The reason a template could not be filled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     /// A `{{` without its `}}`.
@@ -35,7 +35,7 @@ pub enum TemplateError {
         "unterminated `{{{{` in config{location}; close it with `}}}}` or write `\\{{{{` for a literal"
     )]
     Unterminated {
-        /// Where in the config, e.g. `.prompt`.
+        /// The location in the config, e.g. `.prompt`.
         location: String,
     },
     /// A placeholder refers to nothing.
@@ -43,14 +43,14 @@ pub enum TemplateError {
     Unresolved {
         /// The placeholder's path.
         expression: String,
-        /// Where in the config.
+        /// The location in the config.
         location: String,
-        /// What is missing.
+        /// The missing value.
         reason: String,
     },
 }
 
-/// Whether `value` contains any placeholder, so callers can skip loading
+/// Returns whether `value` contains any placeholder, so callers can skip loading
 /// the thread's outputs for configs without templates.
 pub fn has_templates(value: &Value) -> bool {
     match value {

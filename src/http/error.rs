@@ -1,6 +1,6 @@
 //! The API's error body and status codes.
 //!
-//! Every error answers `{"error": {"code": "...", "message": "..."}}`. The
+//! Every error response is `{"error": {"code": "...", "message": "..."}}`. The
 //! code is stable and meant for programs; the message says what was wrong,
 //! on which value, and what to do. Internal failures are logged once here
 //! and answered without their details.
@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::engine::EngineError;
 
-/// An error answer.
+/// An error response.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -50,7 +50,7 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    /// 500: logged here, answered without details.
+    /// 500: logged here, returned without details.
     pub fn internal(error: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %error, "request failed");
         Self::new(

@@ -16,7 +16,7 @@ use crate::engine::merge::json_kind;
 use crate::engine::task::{Task, rfc3339};
 use crate::storage::{TaskRecord, ThreadRecord};
 
-/// Threads per page unless `limit` says otherwise.
+/// Threads per page when `limit` is not given.
 const DEFAULT_PAGE: u32 = 50;
 
 /// Largest page of threads.

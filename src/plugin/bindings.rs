@@ -13,9 +13,11 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
+pub use self::taskhub::plugin::host::Level;
+pub use self::taskhub::plugin::types::{
+    RunError, Task as WitTask, TaskDefinition as WitTaskDefinition,
+};
 pub use exports::taskhub::plugin::{environment, taskflow};
-pub use taskhub::plugin::host::Level;
-pub use taskhub::plugin::types::{RunError, Task as WitTask, TaskDefinition as WitTaskDefinition};
 
 /// The WIT package this hub implements, as it appears in export names.
 pub const WIT_PACKAGE: &str = "taskhub:plugin@0.1.0";

@@ -91,7 +91,7 @@ fn deserialize(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
     // SAFETY: `Component::deserialize_file` trusts the file to be an
     // artifact that wasmtime wrote. Only `ArtifactCache::put` writes into
     // this folder, under a name derived from the engine's compatibility
-    // hash, and it renames complete files into place; wasmtime itself
+    // hash, and it renames complete files into place. wasmtime itself
     // rejects artifacts from another version or with other settings.
     Ok(unsafe { Component::deserialize_file(engine, path)? })
 }

@@ -65,7 +65,8 @@ impl Default for Limits {
     }
 }
 
-/// Why a component could not be loaded. The message says what to change.
+/// The reason a component could not be loaded; the message tells the
+/// author what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The bytes are not a WebAssembly component.
@@ -85,7 +86,7 @@ pub enum LoadError {
     Definitions(String),
 }
 
-/// Why a call into a plugin did not return a result.
+/// The reason a call into a plugin did not return a result.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     /// The call ran past its deadline and was stopped.
@@ -122,7 +123,7 @@ pub enum CallError {
     },
 }
 
-/// What a plugin version exports, as shown by `/api/plugins`.
+/// The exports of a plugin version, as shown by `/api/plugins`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Exports {
@@ -151,7 +152,7 @@ pub struct LoadedPlugin {
     pub load_ms: u64,
     /// Task definitions it declares.
     pub definitions: Vec<Definition>,
-    /// What it exports.
+    /// Its exports.
     pub exports: Exports,
     /// Interface names the component imports.
     pub imports: Vec<String>,
@@ -175,7 +176,7 @@ impl LoadedPlugin {
         &self.hash[..12]
     }
 
-    /// Whether the plugin provides `environment`.
+    /// Returns whether the plugin provides `environment`.
     pub fn provides(&self, environment: &str) -> bool {
         self.exports
             .environments
@@ -205,7 +206,7 @@ impl PluginHost {
     /// Creates the engine and linker and starts the epoch ticker.
     ///
     /// `cache` is where compiled artifacts are kept (none: always compile);
-    /// `storage` answers the `output` host function (none: it returns
+    /// `storage` serves the `output` host function (none: it returns
     /// nothing).
     ///
     /// # Errors
@@ -258,7 +259,8 @@ impl PluginHost {
     ///
     /// # Errors
     ///
-    /// Returns a [`LoadError`] that says what is wrong with the component.
+    /// Returns a [`LoadError`] that explains what is wrong with the
+    /// component.
     pub async fn load(
         &self,
         name: &str,
@@ -435,7 +437,7 @@ impl PluginHost {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
 
-        // Yield to tokio at every tick so a busy plugin never holds a worker
+        // Yield to tokio at every tick so a busy plugin never blocks a worker
         // thread, and stop the call once the deadline has passed.
         let deadline = self.limits.deadline;
         let started = Instant::now();
@@ -496,7 +498,7 @@ fn build_engine(limits: &Limits) -> anyhow::Result<Engine> {
     config.epoch_interruption(true);
 
     // The pooling allocator keeps instance slots ready, which makes a fresh
-    // instance per call cheap. Each call holds one component instance; a
+    // instance per call cheap. Each call uses one component instance; a
     // Rust component has a handful of core instances, memories and tables.
     let slots = limits.max_concurrent_calls as u32 + 8;
     let mut pool = PoolingAllocationConfig::default();
@@ -588,7 +590,7 @@ fn missing_exports_message(exports: &[String]) -> String {
     }
 }
 
-/// Whether `name` can name an environment.
+/// Returns whether `name` is a valid environment name.
 pub fn is_valid_environment(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128

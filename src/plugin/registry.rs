@@ -36,7 +36,7 @@ impl Snapshot {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadFailure {
-    /// What was wrong and what to do.
+    /// The problem and the fix.
     pub message: String,
     /// sha256 of the rejected file, when it could be read.
     pub version: Option<String>,
@@ -66,7 +66,7 @@ pub struct PluginStatus {
     pub from_cache: Option<bool>,
     /// Milliseconds spent compiling (or reading the cache) and checking.
     pub load_ms: Option<u64>,
-    /// What the serving version exports.
+    /// The serving version's exports.
     pub exports: Option<Exports>,
     /// Interfaces the serving version imports.
     pub imports: Option<Vec<String>>,

@@ -1,4 +1,4 @@
-//! What one plugin call owns: its WASI context, memory limiter, captured
+//! The state one plugin call owns: its WASI context, memory limiter, captured
 //! stderr, and the ids the host functions need.
 
 use wasmtime::ResourceLimiter;
@@ -21,7 +21,7 @@ const MAX_LOG_LINES: u32 = 200;
 /// Characters of one log message kept.
 const MAX_LOG_MESSAGE: usize = 4096;
 
-/// Who is calling and on behalf of which task.
+/// The plugin being called and the task it runs for.
 pub(super) struct CallContext {
     pub plugin: String,
     pub version: String,
@@ -89,7 +89,7 @@ impl WasiView for CallState {
 }
 
 /// Caps linear memory and records whether the cap was hit, so the error
-/// can say so instead of quoting an opaque trap.
+/// names the cap instead of quoting an opaque trap.
 pub(super) struct MemoryLimiter {
     cap: usize,
     pub exceeded: bool,

@@ -5,7 +5,7 @@
 //! through one [`Writer`] task that commits batches of transactions (group
 //! commit), so a caller's transaction is durable when its `commit` returns.
 //! The database runs in WAL mode with `synchronous=FULL`: a commit reaches
-//! the disk before anyone is told it happened.
+//! the disk before its caller gets a result.
 //!
 //! This module knows rows, not rules: the task engine decides what to
 //! write and hands over a [`Transaction`].
@@ -55,7 +55,7 @@ pub enum StorageError {
     Open {
         /// Path of the database file.
         path: String,
-        /// What SQLite or sqlx reported.
+        /// The SQLite or sqlx error.
         source: anyhow::Error,
     },
     /// A query failed.
@@ -63,8 +63,8 @@ pub enum StorageError {
     Query(#[from] sqlx::Error),
 }
 
-/// Where a task row lives: live tasks may still change, archived ones are
-/// finished and read-only.
+/// The table a task row is in: live tasks may still change, archived ones
+/// are finished and read-only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shelf {
     /// The `tasks` table.
@@ -89,7 +89,7 @@ pub struct TaskRecord {
     pub status: String,
     /// The environment the instance waits for or runs in.
     pub environment: Option<String>,
-    /// Who holds a dispatched instance.
+    /// The provider that runs a dispatched instance.
     pub provider: Option<String>,
     /// Version of the task, increased by every accepted update.
     pub version: i64,
@@ -112,7 +112,7 @@ pub struct ThreadRecord {
     pub status: String,
     /// First failure message of the thread.
     pub error: Option<String>,
-    /// Who started the thread.
+    /// The user who started the thread.
     pub user_id: Option<String>,
     /// The group the thread runs for.
     pub group_id: Option<String>,
@@ -138,7 +138,7 @@ impl Storage {
     /// # Errors
     ///
     /// Fails when the file cannot be created or opened, is not a SQLite
-    /// database, or holds a schema newer than this build knows.
+    /// database, or contains a schema newer than this build supports.
     pub async fn open(path: &Path) -> Result<Self, StorageError> {
         let open_error = |source: anyhow::Error| StorageError::Open {
             path: path.display().to_string(),
@@ -187,7 +187,7 @@ impl Storage {
         self.writer.commit(transaction).await
     }
 
-    /// Checks that a read connection answers.
+    /// Checks that a read connection responds.
     ///
     /// # Errors
     ///
@@ -377,4 +377,177 @@ fn thread_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ThreadRecord, Storag
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread(thread_id: &str) -> ThreadRecord {
+        ThreadRecord {
+            thread_id: thread_id.into(),
+            start_task_id: "a.start".into(),
+            status: "running".into(),
+            error: None,
+            user_id: None,
+            group_id: None,
+            task_count: 1,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    fn task(thread_id: &str, instance_id: &str, version: i64) -> TaskRecord {
+        TaskRecord {
+            instance_id: instance_id.into(),
+            thread_id: thread_id.into(),
+            seq: 1,
+            task_id: "a.start".into(),
+            status: "waiting".into(),
+            environment: Some("user".into()),
+            provider: None,
+            version,
+            body: format!("{{\"version\": {version}}}"),
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    async fn storage() -> (tempfile::TempDir, Storage) {
+        let folder = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&folder.path().join("test.db")).await.unwrap();
+        (folder, storage)
+    }
+
+    fn replace(record: TaskRecord, expected_version: i64) -> Transaction {
+        let mut transaction = Transaction::new();
+        transaction.push(Write::ReplaceTask {
+            record,
+            expected_version,
+        });
+        transaction
+    }
+
+    #[tokio::test]
+    async fn committed_rows_are_readable() {
+        let (_folder, storage) = storage().await;
+        let mut transaction = Transaction::new();
+        transaction.push(Write::InsertThread(thread("t1")));
+        transaction.push(Write::InsertTask(task("t1", "i1", 1)));
+        storage.commit(transaction).await.unwrap();
+
+        let (shelf, record) = storage.task("i1").await.unwrap().unwrap();
+        assert_eq!(shelf, Shelf::Live);
+        assert_eq!(record, task("t1", "i1", 1));
+        assert_eq!(storage.thread("t1").await.unwrap().unwrap(), thread("t1"));
+    }
+
+    #[tokio::test]
+    async fn stale_version_conflicts_and_writes_nothing() {
+        let (_folder, storage) = storage().await;
+        let mut setup = Transaction::new();
+        setup.push(Write::InsertThread(thread("t1")));
+        setup.push(Write::InsertTask(task("t1", "i1", 1)));
+        storage.commit(setup).await.unwrap();
+
+        // The output write comes first, so a rollback must undo it too.
+        let mut stale = Transaction::new();
+        stale.push(Write::PutOutput {
+            thread_id: "t1".into(),
+            task_id: "a.start".into(),
+            instance_id: "i1".into(),
+            output: "{}".into(),
+            at: 2,
+        });
+        stale.push(Write::ReplaceTask {
+            record: task("t1", "i1", 3),
+            expected_version: 2,
+        });
+        let error = storage.commit(stale).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                WriteError::Conflict {
+                    expected_version: 2,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert_eq!(storage.task("i1").await.unwrap().unwrap().1.version, 1);
+        assert!(storage.output("t1", "a.start").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn batched_transactions_fail_alone() {
+        let (_folder, storage) = storage().await;
+        let mut setup = Transaction::new();
+        setup.push(Write::InsertThread(thread("t1")));
+        for instance in ["i1", "i2", "i3"] {
+            setup.push(Write::InsertTask(task("t1", instance, 1)));
+        }
+        storage.commit(setup).await.unwrap();
+
+        // Sent together, these land in one batch; the middle one is stale.
+        let (first, second, third) = tokio::join!(
+            storage.commit(replace(task("t1", "i1", 2), 1)),
+            storage.commit(replace(task("t1", "i2", 6), 5)),
+            storage.commit(replace(task("t1", "i3", 2), 1)),
+        );
+        assert!(first.is_ok());
+        assert!(matches!(second, Err(WriteError::Conflict { .. })));
+        assert!(third.is_ok());
+        assert_eq!(storage.task("i1").await.unwrap().unwrap().1.version, 2);
+        assert_eq!(storage.task("i2").await.unwrap().unwrap().1.version, 1);
+        assert_eq!(storage.task("i3").await.unwrap().unwrap().1.version, 2);
+    }
+
+    #[tokio::test]
+    async fn archived_task_moves_shelves() {
+        let (_folder, storage) = storage().await;
+        let mut setup = Transaction::new();
+        setup.push(Write::InsertThread(thread("t1")));
+        setup.push(Write::InsertTask(task("t1", "i1", 1)));
+        storage.commit(setup).await.unwrap();
+
+        let mut done = task("t1", "i1", 2);
+        done.status = "done".into();
+        let mut archive = Transaction::new();
+        archive.push(Write::ArchiveTask {
+            record: done.clone(),
+            expected_version: Some(1),
+        });
+        storage.commit(archive).await.unwrap();
+
+        let (shelf, record) = storage.task("i1").await.unwrap().unwrap();
+        assert_eq!(shelf, Shelf::Archive);
+        assert_eq!(record.status, "done");
+        assert!(storage.live_tasks(&["waiting"]).await.unwrap().is_empty());
+        assert_eq!(storage.thread_tasks("t1").await.unwrap().len(), 1);
+
+        // A second completion finds no live row.
+        let mut again = Transaction::new();
+        again.push(Write::ArchiveTask {
+            record: done,
+            expected_version: Some(2),
+        });
+        assert!(matches!(
+            storage.commit(again).await,
+            Err(WriteError::Conflict { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn database_survives_reopen() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("test.db");
+        {
+            let storage = Storage::open(&path).await.unwrap();
+            let mut transaction = Transaction::new();
+            transaction.push(Write::InsertThread(thread("t1")));
+            storage.commit(transaction).await.unwrap();
+        }
+        let storage = Storage::open(&path).await.unwrap();
+        assert!(storage.thread("t1").await.unwrap().is_some());
+    }
 }

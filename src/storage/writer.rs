@@ -3,7 +3,7 @@
 //! SQLite allows one writer at a time, and each durable commit costs an
 //! fsync. The writer task takes every transaction that is waiting, runs
 //! them inside one `BEGIN IMMEDIATE ... COMMIT`, each behind its own
-//! savepoint, and then answers all their callers. A transaction whose
+//! savepoint, and then returns each caller its result. A transaction whose
 //! compare-and-swap fails is rolled back to its savepoint alone; the others
 //! in the batch still commit.
 
@@ -48,8 +48,8 @@ pub enum Write {
         expected_version: i64,
     },
     /// Moves a task to the archive. With `expected_version` set, the live
-    /// row must still have that version and is deleted; without it the
-    /// task was never stored live (it finished as it started).
+    /// row must still have that version and is deleted. Without it, the
+    /// task was never stored live because it finished as it started.
     ArchiveTask {
         /// The finished row; `updated_at` is its completion time.
         record: TaskRecord,
@@ -77,9 +77,9 @@ pub enum Write {
         hash: String,
         /// `loaded` or `rejected`.
         status: String,
-        /// Why it was rejected.
+        /// The rejection reason.
         error: Option<String>,
-        /// What the version exports, as JSON.
+        /// The version's exports, as JSON.
         exports: Option<String>,
         /// Unix milliseconds.
         at: i64,
@@ -120,13 +120,13 @@ impl Transaction {
         &self.writes
     }
 
-    /// Whether the transaction changes nothing.
+    /// Returns whether the transaction changes nothing.
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
     }
 }
 
-/// Why a transaction was not committed.
+/// The reason a transaction was not committed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// A compare-and-swap failed: the task changed (or finished) since the
@@ -183,7 +183,7 @@ async fn run(mut connection: SqliteConnection, mut queue: mpsc::Receiver<Job>) {
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let results = commit_batch(&mut connection, &batch).await;
         for (job, result) in batch.drain(..).zip(results) {
-            // A caller that went away no longer needs the answer.
+            // A caller that went away no longer needs the result.
             let _ = job.reply.send(result);
         }
     }

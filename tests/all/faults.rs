@@ -125,3 +125,34 @@ async fn returned_garbage_fails_clearly() {
     assert!(error.contains("\"explode\""), "{error}");
     assert_still_serving(&hub).await;
 }
+
+#[tokio::test]
+async fn update_during_call_runs_task_again() {
+    let files = HubFiles::with_plugins(&["faults"]);
+    let hub = Hub::start(&files, &["--plugin-deadline-ms", "10000"]);
+
+    let slow = hub
+        .start_task("testing.faults.run", json!({"mode": "slow", "ms": 800}))
+        .await;
+    let path = format!("/api/tasks/{}", slow["instanceId"].as_str().unwrap());
+    let note = json!({"command": "update", "task": {"version": 1, "request": {"note": "hurry"}}});
+    let (status, updated) = hub.post(&path, &note).await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["status"], "dispatched");
+
+    // The first call's result is based on version 1 and is dropped; the
+    // hub runs the task again on version 2 and that result counts.
+    hub.wait_for_log(&[
+        "dropping a plugin result",
+        slow["instanceId"].as_str().unwrap(),
+    ])
+    .await;
+    let thread = hub
+        .wait_thread_end(slow["threadId"].as_str().unwrap())
+        .await;
+    assert_eq!(thread["status"], "done", "{thread}");
+    let task = &thread["tasks"][0];
+    assert_eq!(task["request"], json!({"note": "hurry"}));
+    assert_eq!(task["output"], json!({"variant": "a"}));
+    assert_eq!(task["version"], 3);
+}

@@ -24,6 +24,11 @@ async fn killed_hub_keeps_threads_and_waiting_tasks() {
     hub.kill();
 
     let hub = Hub::start(&files, &[]);
+    // The compiled artifacts from the first run are reused.
+    let plugins = hub.wait_plugins(|plugins| plugins.len() == 3).await;
+    for plugin in &plugins {
+        assert_eq!(plugin["fromCache"], true, "{plugin}");
+    }
     let (status, after) = hub.get(&format!("/api/threads/{story_id}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(after, finished);

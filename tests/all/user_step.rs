@@ -76,7 +76,7 @@ async fn stale_version_is_rejected_and_changes_nothing() {
     assert_eq!(task["status"], "waiting");
     assert_eq!(task["version"], 2);
 
-    // Another client still holds version 1.
+    // Another client still has version 1.
     let stale = json!({"command": "update", "task": {
         "version": 1, "response": {"answer": "mountains"}, "state": {"done": true}
     }});

@@ -1,7 +1,7 @@
-//! A test fixture that misbehaves on purpose; it is never copied into
-//! `plugins/`.
+//! A test fixture that misbehaves on purpose. The build script never copies
+//! it into `plugins/`.
 //!
-//! The `faults` environment does what `input.mode` asks:
+//! The `faults` environment behaves as `input.mode` requests:
 //!
 //! | mode | behaviour |
 //! | --- | --- |

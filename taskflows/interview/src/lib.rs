@@ -1,4 +1,4 @@
-//! The `examples.interview` taskflow: a flow with a step a person answers.
+//! The `examples.interview` taskflow: a flow with a step for a person.
 //!
 //! `ask` needs the `user` environment, so the hub keeps it waiting until
 //! someone sends an update over HTTP (or the browser UI) with a `response`
