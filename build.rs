@@ -14,6 +14,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("llm_mock.wasm", "llm-mock"),
     ("interview.wasm", "interview"),
     ("flaky.wasm", "flaky"),
+    ("remote.wasm", "remote"),
 ];
 
 fn main() {

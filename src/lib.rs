@@ -8,6 +8,7 @@ pub mod engine;
 pub mod events;
 pub mod http;
 pub mod plugin;
+pub mod processors;
 pub mod reload;
 pub mod server;
 pub mod storage;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use taskhub::engine::Sweeps;
 use taskhub::plugin::{Limits, PluginHost, content_hash};
+use taskhub::processors::session::SessionConfig;
 use taskhub::{HubConfig, RunningHub};
 use tracing_subscriber::EnvFilter;
 
@@ -62,21 +64,41 @@ struct ServeArgs {
     #[arg(long, env = "TASKHUB_PLUGIN_DEADLINE_MS", default_value_t = 10_000)]
     plugin_deadline_ms: u64,
     /// Linear memory one plugin instance may use, in MiB.
-    #[arg(long, env = "TASKHUB_PLUGIN_MEMORY_MIB", default_value_t = 128)]
-    plugin_memory_mib: usize,
+    #[arg(long, env = "TASKHUB_PLUGIN_MEMORY_MIB", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    plugin_memory_mib: u32,
     /// Plugin calls that may run at once; more wait for a free slot.
     #[arg(long, env = "TASKHUB_MAX_CONCURRENT_CALLS", default_value_t = 64)]
     max_concurrent_calls: usize,
-    /// Largest request body accepted, in bytes.
+    /// Largest request body and processor message accepted, in bytes.
     #[arg(long, env = "TASKHUB_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     max_body_bytes: usize,
+    /// Secret processors must send to register; without it any processor may.
+    #[arg(long, env = "TASKHUB_PROCESSOR_TOKEN", hide_env_values = true)]
+    processor_token: Option<String>,
+    /// Interval of pings to processors, in milliseconds; a processor silent
+    /// for three intervals is dropped.
+    #[arg(long, env = "TASKHUB_HEARTBEAT_MS", default_value_t = 10_000)]
+    heartbeat_ms: u64,
+    /// Messages per second one processor may send on average (twice as many
+    /// in a burst); past it the processor is disconnected.
+    #[arg(
+        long,
+        env = "TASKHUB_PROCESSOR_MESSAGES_PER_SEC",
+        default_value_t = 1000
+    )]
+    processor_messages_per_sec: u32,
+    /// Seconds a task may wait for a plugin or processor that provides its
+    /// environment before it fails into its error task; 0 waits forever.
+    #[arg(long, env = "TASKHUB_PENDING_TIMEOUT_SECS", default_value_t = 86_400.0)]
+    pending_timeout_secs: f64,
 }
 
 impl ServeArgs {
     fn limits(&self) -> Limits {
         Limits {
             deadline: Duration::from_millis(self.plugin_deadline_ms),
-            memory_bytes: self.plugin_memory_mib << 20,
+            memory_bytes: (self.plugin_memory_mib as usize) << 20,
             max_concurrent_calls: self.max_concurrent_calls.max(1),
         }
     }
@@ -117,6 +139,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cache_dir: args.cache_dir.clone(),
         limits: args.limits(),
         max_body_bytes: args.max_body_bytes,
+        sessions: SessionConfig {
+            token: args
+                .processor_token
+                .clone()
+                .filter(|token| !token.is_empty()),
+            heartbeat: Duration::from_millis(args.heartbeat_ms.max(10)),
+            max_message_bytes: args.max_body_bytes,
+            messages_per_second: args.processor_messages_per_sec,
+            ..SessionConfig::default()
+        },
+        sweeps: Sweeps {
+            pending_timeout: (args.pending_timeout_secs > 0.0)
+                .then(|| Duration::from_secs_f64(args.pending_timeout_secs)),
+        },
     })
     .await?;
     shutdown_signal().await;

@@ -13,9 +13,10 @@
 //! Calls that started on a replaced version hold an `Arc` to it and finish
 //! on it; new calls use the new version.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -35,6 +36,9 @@ const QUIET: Duration = Duration::from_millis(100);
 /// Time between the two looks that must agree.
 const SETTLE: Duration = Duration::from_millis(50);
 
+/// Interval of the check that the watched folder is still the one on disk.
+const FOLDER_CHECK: Duration = Duration::from_secs(1);
+
 /// Keeps the registry in step with one plugins folder.
 pub struct Reloader {
     dir: PathBuf,
@@ -43,11 +47,25 @@ pub struct Reloader {
     storage: Storage,
     engine: Arc<Engine>,
     events: Events,
+    /// Serializes file syncs, so a watch event and a scan never load one
+    /// file twice at once.
+    syncing: tokio::sync::Mutex<()>,
+    /// Whether a newly loaded plugin gets the pending tasks at once. Off
+    /// during the first scan: the engine resumes after the whole folder
+    /// has loaded, so a thread never moves on before its next task's
+    /// plugin is there.
+    dispatching: AtomicBool,
 }
 
-/// Keeps the folder watcher alive; dropping it stops hot reload.
+/// Keeps the folder watch alive; dropping it stops hot reload.
 pub struct WatchGuard {
-    _watcher: notify::RecommendedWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Reloader {
@@ -67,11 +85,14 @@ impl Reloader {
             storage,
             engine,
             events,
+            syncing: tokio::sync::Mutex::new(()),
+            dispatching: AtomicBool::new(false),
         })
     }
 
     /// Loads every plugin file in the folder, creating the folder if it is
-    /// missing. Returns how many loaded.
+    /// missing, and unloads plugins whose file is gone. Returns how many
+    /// plugins serve.
     ///
     /// # Errors
     ///
@@ -87,25 +108,48 @@ impl Reloader {
             .await
             .with_context(|| format!("failed to list the plugins folder {}", self.dir.display()))?;
         while let Some(entry) = entries.next_entry().await? {
-            if plugin_name(&entry.path()).is_some() {
-                paths.push(entry.path());
-            }
+            paths.push(entry.path());
         }
         paths.sort();
         for path in &paths {
             self.sync_file(path).await;
         }
+
+        // Plugins whose file disappeared while nobody watched.
+        let present: HashSet<String> = paths.iter().filter_map(|path| plugin_name(path)).collect();
+        let loaded: Vec<String> = self.registry.snapshot().plugins.keys().cloned().collect();
+        for name in loaded {
+            if !present.contains(&name) {
+                self.sync_file(&self.dir.join(format!("{name}.wasm"))).await;
+            }
+        }
         Ok(self.registry.snapshot().plugins.len())
     }
 
+    /// Makes every later load hand pending tasks to the new plugin. Call
+    /// once the engine has resumed.
+    pub fn start_dispatching(&self) {
+        self.dispatching.store(true, Ordering::Release);
+    }
+
     /// Starts watching the folder. Changes are applied until the returned
-    /// guard is dropped.
+    /// guard is dropped. When the folder is removed or replaced, the watch
+    /// follows the new folder once it exists again.
     ///
     /// # Errors
     ///
     /// Fails when the operating system refuses the watch.
     pub fn watch(self: &Arc<Self>) -> anyhow::Result<WatchGuard> {
         let (sender, receiver) = mpsc::unbounded_channel();
+        let watcher = self.new_watcher(sender.clone())?;
+        let task = tokio::spawn(self.clone().debounce(receiver, sender, watcher));
+        Ok(WatchGuard { task })
+    }
+
+    fn new_watcher(
+        &self,
+        sender: mpsc::UnboundedSender<PathBuf>,
+    ) -> anyhow::Result<notify::RecommendedWatcher> {
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
                 Ok(event) if !matches!(event.kind, EventKind::Access(_)) => {
@@ -122,20 +166,28 @@ impl Reloader {
             .with_context(|| {
                 format!("failed to watch the plugins folder {}", self.dir.display())
             })?;
-        tokio::spawn(self.clone().debounce(receiver));
-        Ok(WatchGuard { _watcher: watcher })
+        Ok(watcher)
     }
 
-    /// Waits until each changed file has settled, then syncs it.
-    async fn debounce(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<PathBuf>) {
+    /// Waits until each changed file has settled, then syncs it. Also
+    /// checks now and then that the watched folder is still the one on
+    /// disk, and watches the new one when it was replaced.
+    async fn debounce(
+        self: Arc<Self>,
+        mut changes: mpsc::UnboundedReceiver<PathBuf>,
+        sender: mpsc::UnboundedSender<PathBuf>,
+        mut _watcher: notify::RecommendedWatcher,
+    ) {
         // For each file: when to look next, and what the last look saw.
         let mut pending: HashMap<PathBuf, (Instant, Option<Look>)> = HashMap::new();
+        let mut folder = folder_identity(&self.dir).await;
+        let mut folder_check = tokio::time::interval(FOLDER_CHECK);
         loop {
             let next = pending.values().map(|(due, _)| *due).min();
             tokio::select! {
                 change = changes.recv() => {
                     let Some(path) = change else { return };
-                    if plugin_name(&path).is_some() {
+                    if path.extension().is_some_and(|extension| extension == "wasm") {
                         pending.insert(path, (Instant::now() + QUIET, None));
                     }
                 }
@@ -158,13 +210,46 @@ impl Reloader {
                         self.sync_file(&path).await;
                     }
                 }
+                _ = folder_check.tick() => {
+                    let current = folder_identity(&self.dir).await;
+                    if current == folder {
+                        continue;
+                    }
+                    folder = current;
+                    let Some(_) = current else {
+                        tracing::warn!(folder = %self.dir.display(), "the plugins folder is gone; its plugins keep serving until it returns");
+                        continue;
+                    };
+                    tracing::warn!(folder = %self.dir.display(), "the plugins folder was replaced; watching the new one");
+                    match self.new_watcher(sender.clone()) {
+                        Ok(new_watcher) => _watcher = new_watcher,
+                        Err(err) => tracing::error!(error = %err, "failed to watch the new plugins folder"),
+                    }
+                    if let Err(err) = self.load_all().await {
+                        tracing::error!(error = %err, "failed to scan the new plugins folder");
+                    }
+                }
             }
         }
     }
 
     /// Brings the registry in line with one file: load, replace or unload.
     pub async fn sync_file(&self, path: &Path) {
+        let _syncing = self.syncing.lock().await;
+        self.sync_locked(path).await;
+    }
+
+    async fn sync_locked(&self, path: &Path) {
         let Some(name) = plugin_name(path) else {
+            if path
+                .extension()
+                .is_some_and(|extension| extension == "wasm")
+            {
+                tracing::warn!(
+                    file = %path.display(),
+                    "ignoring a plugin file whose name is not letters, digits, `_`, `-` and `.` before `.wasm`"
+                );
+            }
             return;
         };
         let file = path.display().to_string();
@@ -191,6 +276,8 @@ impl Reloader {
             .get(&name)
             .is_some_and(|serving| serving.hash == hash)
         {
+            // The serving version is back in place after a rejected file.
+            self.registry.clear_failure(&name);
             return;
         }
 
@@ -243,7 +330,9 @@ impl Reloader {
             name,
             version: hash,
         });
-        if let Err(err) = self.engine.dispatch_pending().await {
+        if self.dispatching.load(Ordering::Acquire)
+            && let Err(err) = self.engine.dispatch_pending().await
+        {
             tracing::error!(error = %err, "failed to dispatch pending tasks to a new plugin");
         }
     }
@@ -264,6 +353,12 @@ impl Reloader {
         self.events.publish(Event::PluginUnloaded {
             name: name.to_owned(),
         });
+
+        // A file rejected because this plugin declared the same ids may
+        // load now.
+        for failed in self.registry.failed_files() {
+            Box::pin(self.sync_locked(Path::new(&failed))).await;
+        }
     }
 
     async fn reject(&self, name: &str, file: &str, hash: Option<String>, message: String) {
@@ -305,6 +400,21 @@ impl Reloader {
 
 /// The size and modification time one look at a file saw.
 type Look = (u64, SystemTime);
+
+/// The device and inode of the plugins folder, or `None` when it is gone.
+async fn folder_identity(dir: &Path) -> Option<(u64, u64)> {
+    let metadata = tokio::fs::metadata(dir).await.ok()?;
+    if !metadata.is_dir() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((metadata.dev(), metadata.ino()))
+    }
+    #[cfg(not(unix))]
+    Some((0, 0))
+}
 
 async fn look(path: &Path) -> Option<Look> {
     let metadata = tokio::fs::metadata(path).await.ok()?;

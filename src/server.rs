@@ -9,10 +9,12 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Sweeps};
 use crate::events::Events;
 use crate::http::{self, AppState};
 use crate::plugin::{ArtifactCache, Limits, PluginHost, PluginRegistry};
+use crate::processors::ProcessorRegistry;
+use crate::processors::session::SessionConfig;
 use crate::reload::{Reloader, WatchGuard};
 use crate::storage::Storage;
 
@@ -31,6 +33,10 @@ pub struct HubConfig {
     pub limits: Limits,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Settings of processor connections.
+    pub sessions: SessionConfig,
+    /// Background sweeps (the pending timeout).
+    pub sweeps: Sweeps,
 }
 
 /// A hub that is serving.
@@ -46,6 +52,7 @@ pub struct RunningHub {
     server: JoinHandle<std::io::Result<()>>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     _watch: WatchGuard,
+    _database_lock: std::fs::File,
 }
 
 impl RunningHub {
@@ -64,6 +71,12 @@ impl RunningHub {
                 config.plugins.display()
             );
         }
+        // Bind first: a hub that cannot serve must not touch the database.
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.listen))?;
+        let address = listener.local_addr()?;
+        let database_lock = lock_database(&config.db)?;
         let storage = Storage::open(&config.db).await?;
         let cache = ArtifactCache::new(&config.cache_dir).with_context(|| {
             format!(
@@ -81,6 +94,7 @@ impl RunningHub {
         let engine = Engine::new(
             storage.clone(),
             registry.clone(),
+            Arc::new(ProcessorRegistry::new()),
             host.clone(),
             events.clone(),
         );
@@ -93,33 +107,43 @@ impl RunningHub {
             engine.clone(),
             events.clone(),
         );
+        tokio::fs::create_dir_all(&config.plugins)
+            .await
+            .with_context(|| {
+                format!(
+                    "failed to create the plugins folder {}",
+                    config.plugins.display()
+                )
+            })?;
         // Watch before the first scan, so a file added during the scan is
-        // not missed.
+        // not missed. Pending tasks wait until the whole folder has loaded.
         let watch = reloader.watch()?;
         let loaded = reloader.load_all().await?;
         let resumed = engine
             .resume()
             .await
             .context("failed to resume unfinished tasks")?;
+        reloader.start_dispatching();
+        engine.start_sweeps(config.sweeps);
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("failed to listen on {}", config.listen))?;
-        let address = listener.local_addr()?;
         let app = http::router(
             AppState {
                 engine: engine.clone(),
                 registry: registry.clone(),
+                sessions: Arc::new(config.sessions.clone()),
             },
             config.max_body_bytes,
         );
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop.await;
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = stop.await;
+            })
+            .await
         });
 
         tracing::info!(
@@ -127,6 +151,7 @@ impl RunningHub {
             plugins = %config.plugins.display(),
             database = %config.db.display(),
             cache = %config.cache_dir.display(),
+            processor_token = config.sessions.token.is_some(),
             loaded,
             resumed,
             "hub listening"
@@ -139,6 +164,7 @@ impl RunningHub {
             server,
             shutdown,
             _watch: watch,
+            _database_lock: database_lock,
         })
     }
 
@@ -151,5 +177,34 @@ impl RunningHub {
         let _ = self.shutdown.send(());
         self.server.await??;
         Ok(())
+    }
+}
+
+/// Takes an exclusive lock on `DB.lock` beside the database, creating the
+/// database's folder if needed, so two hubs never share one database.
+fn lock_database(db: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    if let Some(folder) = db.parent().filter(|folder| !folder.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).with_context(|| {
+            format!("failed to create the database folder {}", folder.display())
+        })?;
+    }
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("failed to open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another taskhub is using the database {}; stop it or choose another --db",
+            db.display()
+        ),
+        Err(std::fs::TryLockError::Error(err)) => {
+            Err(err).with_context(|| format!("failed to lock {}", path.display()))
+        }
     }
 }

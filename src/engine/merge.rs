@@ -103,7 +103,19 @@ pub fn merge(current: &Task, update: &Value) -> Result<Task, MergeError> {
             "request" => merge_value(&mut merged.request, value),
             "response" => merge_value(&mut merged.response, value),
             "commandArgs" => merge_value(&mut merged.command_args, value),
-            "error" => merged.error = optional_string(value, "error")?,
+            "error" => {
+                merged.error = optional_string(value, "error")?;
+                if merged
+                    .error
+                    .as_deref()
+                    .is_some_and(|error| error.trim().is_empty())
+                {
+                    return Err(MergeError::WrongType {
+                        field: "error",
+                        expected: "a message saying what failed, or null",
+                    });
+                }
+            }
             "nextTask" => merged.next_task = optional_string(value, "nextTask")?,
             "command" => merged.command = optional_string(value, "command")?,
             _ => return Err(MergeError::UnknownField(field.clone())),
@@ -159,6 +171,57 @@ fn optional_string(value: &Value, field: &'static str) -> Result<Option<String>,
             field,
             expected: "a string or null",
         }),
+    }
+}
+
+/// Deepest nesting of arrays and objects a task field may have. serde_json
+/// reads at most 128 levels, and the hub wraps a failed task's input two
+/// levels deeper for its error task, so 64 leaves ample room.
+pub const MAX_DEPTH: usize = 64;
+
+/// Largest a task may grow to, serialized, in bytes.
+pub const MAX_TASK_BYTES: usize = 8 << 20;
+
+/// Checks that `task` stays within [`MAX_DEPTH`] and [`MAX_TASK_BYTES`].
+///
+/// # Errors
+///
+/// Names the field or size that is too large.
+pub fn check_limits(task: &Task) -> Result<(), String> {
+    let fields = [
+        ("input", &task.input),
+        ("output", &task.output),
+        ("state", &task.state),
+        ("request", &task.request),
+        ("response", &task.response),
+        ("commandArgs", &task.command_args),
+    ];
+    for (name, value) in fields {
+        let depth = nesting_depth(value);
+        if depth > MAX_DEPTH {
+            return Err(format!(
+                "`{name}` nests {depth} levels deep; the hub accepts at most {MAX_DEPTH}"
+            ));
+        }
+    }
+    let size = serde_json::to_vec(task)
+        .map(|bytes| bytes.len())
+        .unwrap_or(0);
+    if size > MAX_TASK_BYTES {
+        return Err(format!(
+            "the task would grow to {size} bytes; the hub keeps a task under {MAX_TASK_BYTES} bytes, \
+             so store large data elsewhere and pass a reference"
+        ));
+    }
+    Ok(())
+}
+
+/// Returns how deeply arrays and objects nest in `value` (0 for a scalar).
+pub fn nesting_depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(nesting_depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(nesting_depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -297,6 +360,33 @@ mod tests {
             merge(&task(), &json!([1])).unwrap_err(),
             MergeError::NotAnObject("an array")
         );
+    }
+
+    #[test]
+    fn empty_error_is_rejected() {
+        assert!(merge(&task(), &json!({"error": " "})).is_err());
+        assert!(merge(&task(), &json!({"error": "it broke"})).is_ok());
+    }
+
+    #[test]
+    fn limits_catch_deep_and_large_tasks() {
+        let mut deep = json!(1);
+        for _ in 0..=MAX_DEPTH {
+            deep = json!([deep]);
+        }
+        let mut nested = task();
+        nested.output = deep;
+        assert!(
+            check_limits(&nested)
+                .unwrap_err()
+                .contains("`output` nests 65 levels")
+        );
+
+        let mut large = task();
+        large.response = json!("x".repeat(MAX_TASK_BYTES));
+        assert!(check_limits(&large).unwrap_err().contains("bytes"));
+        assert!(check_limits(&task()).is_ok());
+        assert_eq!(nesting_depth(&json!({"a": [1, {"b": []}]})), 4);
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The task engine: the one owner of task state.
 //!
-//! Every change to a task (a start or an update over HTTP, a result from a
-//! plugin, a resume after a restart) goes through [`Engine`]. It checks the
-//! change, plans what follows (see [`plan`]), commits the plan as one
-//! transaction, and only then starts plugin calls, writes log lines and
-//! publishes events. HTTP handlers translate and hand over; they never
-//! write rows themselves.
+//! Every change to a task goes through [`Engine`]: a start or an update
+//! over HTTP, an update from a processor, a result from a plugin, a resume
+//! after a restart, a timeout. It checks the change, plans what follows
+//! (see [`plan`]), commits the plan as one transaction, and only then
+//! starts plugin calls, sends tasks to processors, writes log lines and
+//! publishes events. HTTP handlers and WebSocket sessions translate and
+//! hand over; they never write rows themselves.
 //!
 //! Concurrent changes to one task are settled by its `version`: every write
 //! replaces the row only if it still has the version the change was based
@@ -13,6 +14,7 @@
 //! therefore finds a newer version and is dropped.
 
 pub mod catalog;
+mod dispatch;
 pub mod merge;
 pub mod plan;
 pub mod task;
@@ -20,16 +22,19 @@ pub mod template;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::events::{Event, Events};
-use crate::plugin::{CallError, LoadedPlugin, PluginHost, PluginRegistry, RunError, WitTask};
+use crate::events::Events;
+use crate::plugin::{PluginHost, PluginRegistry, Snapshot};
+use crate::processors::{Processor, ProcessorRegistry};
 use crate::storage::{Shelf, Storage, StorageError, WriteError};
-use plan::{Instance, Outcome, Plan, ThreadContext};
+use plan::{Instance, Plan, Providers, ThreadContext};
 use task::{Task, TaskStatus, now_millis};
 
-/// Why the engine refused a change. Each variant maps to one HTTP status.
+/// Why the engine refused a change. Each variant maps to one HTTP status
+/// and one processor protocol error code.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// No loaded plugin defines the task id.
@@ -58,6 +63,16 @@ pub enum EngineError {
     /// The task is finished and archived.
     #[error("task {0} is finished and can no longer be updated")]
     Finished(String),
+    /// A processor sent an update for a task it does not hold.
+    #[error(
+        "processor `{processor_id}` does not hold task {instance_id}; it was never sent to it, or was taken back"
+    )]
+    NotHeld {
+        /// The task.
+        instance_id: String,
+        /// The processor.
+        processor_id: String,
+    },
     /// The request is well-formed JSON but not a valid change.
     #[error("{0}")]
     Invalid(String),
@@ -82,10 +97,23 @@ pub struct StartRequest {
     pub group_id: Option<String>,
 }
 
+/// Who sent an update; decides what an unfinished result means.
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    /// A client over HTTP: an unfinished task stays where it is.
+    Client,
+    /// A plugin call returned: an unfinished task moves to its next
+    /// environment.
+    Plugin(&'a str),
+    /// A processor's partial result: the task stays with the processor.
+    Processor,
+}
+
 /// The task engine.
 pub struct Engine {
     storage: Storage,
     plugins: Arc<PluginRegistry>,
+    processors: Arc<ProcessorRegistry>,
     host: Arc<PluginHost>,
     events: Events,
     /// Serializes the sweeps that hand pending tasks to new providers, so
@@ -98,12 +126,14 @@ impl Engine {
     pub fn new(
         storage: Storage,
         plugins: Arc<PluginRegistry>,
+        processors: Arc<ProcessorRegistry>,
         host: Arc<PluginHost>,
         events: Events,
     ) -> Arc<Self> {
         Arc::new(Self {
             storage,
             plugins,
+            processors,
             host,
             events,
             sweep: tokio::sync::Mutex::new(()),
@@ -113,6 +143,11 @@ impl Engine {
     /// Returns the storage, for reads.
     pub fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// Returns the connected processors.
+    pub fn processors(&self) -> &Arc<ProcessorRegistry> {
+        &self.processors
     }
 
     /// Starts a thread with the start task `request.id` and returns its
@@ -132,6 +167,13 @@ impl Engine {
         if !definition.start {
             return Err(EngineError::NotStartable(request.id));
         }
+        let depth = merge::nesting_depth(&request.input);
+        if depth > merge::MAX_DEPTH {
+            return Err(EngineError::Invalid(format!(
+                "`input` nests {depth} levels deep; the hub accepts at most {}",
+                merge::MAX_DEPTH
+            )));
+        }
 
         let thread = ThreadContext {
             thread_id: uuid::Uuid::now_v7().to_string(),
@@ -139,7 +181,12 @@ impl Engine {
             group_id: request.group_id,
             error: None,
         };
-        let mut plan = Plan::new(&snapshot, thread, HashMap::new(), now_millis());
+        let mut plan = Plan::new(
+            self.providers(&snapshot),
+            thread,
+            HashMap::new(),
+            now_millis(),
+        );
         plan.insert_thread(&definition.id);
         let first = plan.enter(&definition, request.input, None, 1);
         plan.finish_thread();
@@ -159,6 +206,61 @@ impl Engine {
         instance_id: &str,
         update: &Value,
     ) -> Result<Task, EngineError> {
+        if let Some(Value::String(named)) = update.get("instanceId")
+            && named != instance_id
+        {
+            return Err(EngineError::Invalid(format!(
+                "the update names instance {named} but was sent to {instance_id}"
+            )));
+        }
+        self.apply_update(instance_id, update, Source::Client, |_| Ok(()))
+            .await
+    }
+
+    /// Merges an update from `processor` into a task it holds. A partial
+    /// update keeps the task with the processor; `state.done` or `error`
+    /// finishes it.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::NotHeld`] when the processor does not hold the task
+    /// (any more), besides the errors of [`Engine::update`].
+    pub async fn processor_update(
+        self: &Arc<Self>,
+        processor: &Processor,
+        update: &Value,
+    ) -> Result<Task, EngineError> {
+        let Some(Value::String(instance_id)) = update.get("instanceId") else {
+            return Err(EngineError::Invalid(
+                "missing `instanceId`: name the task the update is for".into(),
+            ));
+        };
+        let provider = processor.provider();
+        let not_held = || EngineError::NotHeld {
+            instance_id: instance_id.clone(),
+            processor_id: processor.id.clone(),
+        };
+        self.apply_update(instance_id, update, Source::Processor, |instance| {
+            if instance.task.status == TaskStatus::Dispatched
+                && instance.provider.as_deref() == Some(provider.as_str())
+            {
+                Ok(())
+            } else {
+                Err(not_held())
+            }
+        })
+        .await
+    }
+
+    /// Reads task `instance_id`, checks the holder and the version, merges
+    /// `update` and moves the task on.
+    async fn apply_update(
+        self: &Arc<Self>,
+        instance_id: &str,
+        update: &Value,
+        source: Source<'_>,
+        check_holder: impl FnOnce(&Instance) -> Result<(), EngineError>,
+    ) -> Result<Task, EngineError> {
         let sent = match update.get("version") {
             Some(Value::Number(number)) if number.as_u64().is_some() => {
                 number.as_u64().unwrap_or(0)
@@ -174,13 +276,6 @@ impl Engine {
                 ));
             }
         };
-        if let Some(Value::String(named)) = update.get("instanceId")
-            && named != instance_id
-        {
-            return Err(EngineError::Invalid(format!(
-                "the update names instance {named} but was sent to {instance_id}"
-            )));
-        }
 
         let (shelf, record) = self
             .storage
@@ -193,6 +288,7 @@ impl Engine {
         let instance = Instance::from_record(&record).map_err(|err| {
             EngineError::Invalid(format!("stored task {instance_id} is unreadable: {err}"))
         })?;
+        check_holder(&instance)?;
         if sent != instance.task.version {
             return Err(EngineError::VersionConflict {
                 instance_id: instance_id.to_owned(),
@@ -209,12 +305,9 @@ impl Engine {
             ..instance.clone()
         };
         let expected = instance.task.version as i64;
-        let result = self.advance(updated, expected, None).await;
-        match result {
-            Ok(task) => Ok(task),
+        match self.advance(updated, expected, source).await {
             Err(EngineError::Write(WriteError::Conflict { .. })) => {
-                let current = self.current_version(instance_id).await;
-                match current {
+                match self.current_version(instance_id).await {
                     Some(current) => Err(EngineError::VersionConflict {
                         instance_id: instance_id.to_owned(),
                         current,
@@ -223,180 +316,21 @@ impl Engine {
                     None => Err(EngineError::Finished(instance_id.to_owned())),
                 }
             }
-            Err(err) => Err(err),
-        }
-    }
-
-    /// Hands every pending task whose environment now has a provider to it.
-    /// Runs after a plugin is loaded and at start-up.
-    ///
-    /// # Errors
-    ///
-    /// Fails when the database cannot be read.
-    pub async fn dispatch_pending(self: &Arc<Self>) -> Result<usize, EngineError> {
-        let _sweep = self.sweep.lock().await;
-        let snapshot = self.plugins.snapshot();
-        let mut dispatched = 0;
-        for record in self.storage.live_tasks(&["pending"]).await? {
-            let Some(environment) = record.environment.as_deref() else {
-                continue;
-            };
-            if snapshot.provider(environment).is_none() {
-                continue;
-            }
-            let Ok(instance) = Instance::from_record(&record) else {
-                tracing::error!(instance_id = %record.instance_id, "skipping an unreadable stored task");
-                continue;
-            };
-            let index = environment_index(&instance.task);
-            let thread = self.thread_context(&instance.task).await?;
-            let mut plan = Plan::new(&snapshot, thread, HashMap::new(), now_millis());
-            let expected = instance.task.version as i64;
-            plan.route(instance, index, Some(expected));
-            match self.execute(plan).await {
-                Ok(()) => dispatched += 1,
-                Err(EngineError::Write(WriteError::Conflict { .. })) => {}
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(dispatched)
-    }
-
-    /// Resumes after a restart: runs again every task that was dispatched
-    /// to a plugin when the hub stopped (at-least-once), then dispatches
-    /// pending tasks.
-    ///
-    /// # Errors
-    ///
-    /// Fails when the database cannot be read.
-    pub async fn resume(self: &Arc<Self>) -> Result<usize, EngineError> {
-        let snapshot = self.plugins.snapshot();
-        let mut resumed = 0;
-        for record in self.storage.live_tasks(&["dispatched"]).await? {
-            let Ok(instance) = Instance::from_record(&record) else {
-                tracing::error!(instance_id = %record.instance_id, "skipping an unreadable stored task");
-                continue;
-            };
-            let index = environment_index(&instance.task);
-            let thread = self.thread_context(&instance.task).await?;
-            let mut plan = Plan::new(&snapshot, thread, HashMap::new(), now_millis());
-            let expected = instance.task.version as i64;
-            tracing::info!(
-                task_id = %instance.task.id,
-                instance_id = %instance.task.instance_id,
-                thread_id = %instance.task.thread_id,
-                "resuming task that was running when the hub stopped"
-            );
-            plan.route(instance, index, Some(expected));
-            match self.execute(plan).await {
-                Ok(()) => resumed += 1,
-                Err(EngineError::Write(WriteError::Conflict { .. })) => {}
-                Err(err) => return Err(err),
-            }
-        }
-        resumed += self.dispatch_pending().await?;
-        Ok(resumed)
-    }
-
-    /// Applies the result of a plugin call to the instance it ran.
-    async fn apply_plugin_result(
-        self: &Arc<Self>,
-        instance: Instance,
-        plugin: &LoadedPlugin,
-        result: Result<Result<WitTask, RunError>, CallError>,
-    ) {
-        let expected = instance.task.version as i64;
-        let name = &plugin.name;
-        let outcome = match result {
-            Ok(Ok(returned)) => match crate::plugin::apply_wit_task(&instance.task, returned) {
-                Ok(mut task) => {
-                    task.version += 1;
-                    Ok(Instance {
-                        task,
-                        ..instance.clone()
-                    })
-                }
-                Err(err) => Err(format!("plugin `{name}` returned an invalid task: {err}")),
-            },
-            Ok(Err(RunError::InvalidTask(message))) => Err(format!(
-                "plugin `{name}` rejected the task as invalid: {message}"
-            )),
-            Ok(Err(RunError::Failed(message))) => Err(format!("plugin `{name}` failed: {message}")),
-            Err(err) => Err(err.to_string()),
-        };
-
-        let result = match outcome {
-            Ok(updated) => self
-                .advance(updated, expected, Some(name))
-                .await
-                .map(|_| ()),
-            Err(message) => self.fail(instance.clone(), expected, message).await,
-        };
-        match result {
-            Ok(()) => {}
-            Err(EngineError::Write(WriteError::Conflict { .. })) => {
-                tracing::warn!(
-                    plugin = %name,
-                    instance_id = %instance.task.instance_id,
-                    version = instance.task.version,
-                    "dropping a plugin result: the task changed while the plugin ran"
-                );
-                self.redispatch(&instance.task.instance_id).await;
-            }
-            Err(err) => {
-                tracing::error!(
-                    plugin = %name,
-                    instance_id = %instance.task.instance_id,
-                    error = %err,
-                    "failed to store a plugin result; the task is run again after a restart"
-                );
-            }
-        }
-    }
-
-    /// Runs a task again when a plugin's result was dropped because an
-    /// update changed the task meanwhile but left it dispatched: no call
-    /// would otherwise finish it.
-    async fn redispatch(self: &Arc<Self>, instance_id: &str) {
-        let record = match self.storage.task(instance_id).await {
-            Ok(Some((Shelf::Live, record))) if record.status == "dispatched" => record,
-            Ok(_) => return,
-            Err(err) => {
-                tracing::error!(instance_id, error = %err, "failed to read a task to run it again");
-                return;
-            }
-        };
-        let Ok(instance) = Instance::from_record(&record) else {
-            return;
-        };
-        let snapshot = self.plugins.snapshot();
-        let thread = match self.thread_context(&instance.task).await {
-            Ok(thread) => thread,
-            Err(err) => {
-                tracing::error!(instance_id, error = %err, "failed to read a thread to run a task again");
-                return;
-            }
-        };
-        let index = environment_index(&instance.task);
-        let expected = instance.task.version as i64;
-        let mut plan = Plan::new(&snapshot, thread, HashMap::new(), now_millis());
-        plan.route(instance, index, Some(expected));
-        if let Err(err) = self.execute(plan).await {
-            tracing::warn!(instance_id, error = %err, "did not run a changed task again");
+            result => result,
         }
     }
 
     /// Moves an updated instance on: fails it if it carries an error,
-    /// completes it if done, sends it to its next environment if a plugin
-    /// left it unfinished, or keeps it where it is.
+    /// completes it if done, and otherwise keeps it where it is, except
+    /// that a plugin's unfinished result goes to the next environment.
     async fn advance(
         self: &Arc<Self>,
         updated: Instance,
         expected: i64,
-        from_plugin: Option<&str>,
+        source: Source<'_>,
     ) -> Result<Task, EngineError> {
         if let Some(error) = updated.task.error.clone() {
-            return self.fail_returning(updated, expected, error).await;
+            return self.fail(updated, expected, error).await;
         }
         let snapshot = self.plugins.snapshot();
         let thread = self.thread_context(&updated.task).await?;
@@ -405,11 +339,11 @@ impl Engine {
         } else {
             HashMap::new()
         };
-        let mut plan = Plan::new(&snapshot, thread, outputs, now_millis());
+        let mut plan = Plan::new(self.providers(&snapshot), thread, outputs, now_millis());
 
         let task = if updated.task.is_done() {
             plan.complete(updated, Some(expected)).task
-        } else if let Some(plugin) = from_plugin {
+        } else if let Source::Plugin(plugin) = source {
             let next = environment_index(&updated.task) + 1;
             if next < updated.task.environments.len() {
                 plan.route(updated, next, Some(expected)).task
@@ -428,18 +362,8 @@ impl Engine {
         Ok(task)
     }
 
+    /// Fails `instance` with `message` and enters its error task.
     async fn fail(
-        self: &Arc<Self>,
-        instance: Instance,
-        expected: i64,
-        message: String,
-    ) -> Result<(), EngineError> {
-        self.fail_returning(instance, expected, message)
-            .await
-            .map(|_| ())
-    }
-
-    async fn fail_returning(
         self: &Arc<Self>,
         instance: Instance,
         expected: i64,
@@ -448,63 +372,17 @@ impl Engine {
         let snapshot = self.plugins.snapshot();
         let thread = self.thread_context(&instance.task).await?;
         let outputs = self.thread_outputs(&instance.task.thread_id).await?;
-        let mut plan = Plan::new(&snapshot, thread, outputs, now_millis());
+        let mut plan = Plan::new(self.providers(&snapshot), thread, outputs, now_millis());
         let task = plan.fail(instance, Some(expected), message).task;
         plan.finish_thread();
         self.execute(plan).await?;
         Ok(task)
     }
 
-    /// Commits a plan, then starts its plugin calls, logs and publishes.
-    async fn execute(self: &Arc<Self>, plan: Plan<'_>) -> Result<(), EngineError> {
-        let Plan {
-            transaction,
-            dispatches,
-            outcomes,
-            ..
-        } = plan;
-        self.storage
-            .commit(transaction)
-            .await
-            .map_err(EngineError::Write)?;
-
-        for outcome in outcomes {
-            self.publish(outcome);
-        }
-        for (instance, plugin) in dispatches {
-            tokio::spawn(self.clone().call_plugin(instance, plugin));
-        }
-        Ok(())
-    }
-
-    /// Runs a plugin call and applies its result. The boxed future breaks
-    /// the type cycle between `execute` and the calls it starts.
-    fn call_plugin(
-        self: Arc<Self>,
-        instance: Instance,
-        plugin: Arc<LoadedPlugin>,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            let result = self.host.run(&plugin, &instance.task).await;
-            self.apply_plugin_result(instance, &plugin, result).await;
-        })
-    }
-
-    fn publish(&self, outcome: Outcome) {
-        match outcome {
-            Outcome::Entered(task) | Outcome::Changed(task) => {
-                log_task(&task);
-                self.events.publish(Event::TaskChanged {
-                    task: Box::new(task),
-                });
-            }
-            Outcome::ThreadEnded { thread_id, status } => {
-                tracing::info!(%thread_id, status, "thread ended");
-                self.events.publish(Event::ThreadEnded {
-                    thread_id,
-                    status: status.to_owned(),
-                });
-            }
+    fn providers<'a>(&'a self, snapshot: &'a Snapshot) -> Providers<'a> {
+        Providers {
+            plugins: snapshot,
+            processors: &self.processors,
         }
     }
 
@@ -539,38 +417,18 @@ impl Engine {
     }
 }
 
+/// Settings of the background sweeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Sweeps {
+    /// How long a task may wait for a provider before it fails; `None`
+    /// waits forever.
+    pub pending_timeout: Option<Duration>,
+}
+
 /// Returns the position of the task's current environment in its list.
 fn environment_index(task: &Task) -> usize {
     task.environment
         .as_ref()
         .and_then(|current| task.environments.iter().position(|name| name == current))
         .unwrap_or(0)
-}
-
-fn log_task(task: &Task) {
-    let taskflow = task
-        .id
-        .rsplit_once('.')
-        .map_or(task.id.as_str(), |(prefix, _)| prefix);
-    let environment = task.environment.as_deref().unwrap_or("");
-    match task.status {
-        TaskStatus::Done => tracing::info!(
-            taskflow, task_id = %task.id, instance_id = %task.instance_id,
-            thread_id = %task.thread_id, "task done"
-        ),
-        TaskStatus::Failed => tracing::warn!(
-            taskflow, task_id = %task.id, instance_id = %task.instance_id,
-            thread_id = %task.thread_id, error = task.error.as_deref().unwrap_or(""),
-            "task failed"
-        ),
-        TaskStatus::Pending => tracing::info!(
-            taskflow, task_id = %task.id, instance_id = %task.instance_id,
-            thread_id = %task.thread_id, environment, "task waiting for a provider"
-        ),
-        TaskStatus::Dispatched | TaskStatus::Waiting => tracing::info!(
-            taskflow, task_id = %task.id, instance_id = %task.instance_id,
-            thread_id = %task.thread_id, environment, status = task.status.as_str(),
-            "task started"
-        ),
-    }
 }

@@ -17,6 +17,7 @@ use super::catalog::ResolvedDefinition;
 use super::task::{Task, TaskStatus, rfc3339};
 use super::template::{self, TemplateContext};
 use crate::plugin::{LoadedPlugin, Snapshot};
+use crate::processors::{Processor, ProcessorRegistry};
 use crate::storage::{TaskRecord, ThreadRecord, Transaction, Write};
 
 /// Tasks one plan may enter before the hub stops the chain: a `nextTask`
@@ -26,6 +27,25 @@ pub const MAX_STEPS: usize = 64;
 /// The environment of tasks that a person completes through the HTTP API
 /// or the browser.
 pub const USER_ENVIRONMENT: &str = "user";
+
+/// Where tasks can be sent: the loaded plugins and the connected
+/// processors, as one plan sees them.
+#[derive(Clone, Copy)]
+pub struct Providers<'a> {
+    /// The plugin registry's current snapshot, with the catalog.
+    pub plugins: &'a Snapshot,
+    /// The connected processors.
+    pub processors: &'a ProcessorRegistry,
+}
+
+/// A provider a dispatched task is sent to once the plan is committed.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// An environment adapter plugin, called in-process.
+    Plugin(Arc<LoadedPlugin>),
+    /// A remote processor, sent the task over its connection.
+    Processor(Arc<Processor>),
+}
 
 /// A task instance with what the hub keeps beside it.
 #[derive(Debug, Clone)]
@@ -73,6 +93,14 @@ impl Instance {
     }
 }
 
+/// Which kind of provider a task accepts, from its `config.provider`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Preference {
+    Any,
+    Plugin,
+    Processor,
+}
+
 /// The thread a plan works on.
 #[derive(Debug, Clone)]
 pub struct ThreadContext {
@@ -106,7 +134,7 @@ pub enum Outcome {
 
 /// Row changes, plugin calls and outcomes for one step of a thread.
 pub struct Plan<'a> {
-    snapshot: &'a Snapshot,
+    providers: Providers<'a>,
     thread: ThreadContext,
     outputs: HashMap<String, Value>,
     now: i64,
@@ -116,7 +144,7 @@ pub struct Plan<'a> {
     /// Rows to commit.
     pub transaction: Transaction,
     /// Plugin calls to start once the transaction is committed.
-    pub dispatches: Vec<(Instance, Arc<LoadedPlugin>)>,
+    pub dispatches: Vec<(Instance, Target)>,
     /// Tasks and threads to log and publish once committed.
     pub outcomes: Vec<Outcome>,
 }
@@ -124,13 +152,13 @@ pub struct Plan<'a> {
 impl<'a> Plan<'a> {
     /// Starts a plan for `thread`, whose outputs so far are `outputs`.
     pub fn new(
-        snapshot: &'a Snapshot,
+        providers: Providers<'a>,
         thread: ThreadContext,
         outputs: HashMap<String, Value>,
         now: i64,
     ) -> Self {
         Self {
-            snapshot,
+            providers,
             thread,
             outputs,
             now,
@@ -237,8 +265,13 @@ impl<'a> Plan<'a> {
     }
 
     /// Sends `instance` to its environment at `index`: a plugin call, a
-    /// wait for the user, or a wait for a provider. `expected_version` is
-    /// the stored version to replace; `None` inserts a new row.
+    /// processor, a wait for the user, or a wait for a provider.
+    /// `expected_version` is the stored version to replace; `None` inserts
+    /// a new row.
+    ///
+    /// A plugin serves an environment before a processor does, unless the
+    /// task's `config.provider` is `"processor"` (only processors) or
+    /// `"plugin"` (only plugins).
     pub fn route(
         &mut self,
         mut instance: Instance,
@@ -246,17 +279,36 @@ impl<'a> Plan<'a> {
         expected_version: Option<i64>,
     ) -> Instance {
         let environment = instance.task.environments[index].clone();
-        let provider = self.snapshot.provider(&environment).cloned();
+        let preference = match instance.task.config.get("provider") {
+            None | Some(Value::Null) => Preference::Any,
+            Some(Value::String(name)) if name == "plugin" => Preference::Plugin,
+            Some(Value::String(name)) if name == "processor" => Preference::Processor,
+            Some(other) => {
+                let message = format!(
+                    "task {}: `config.provider` is {other}; use \"plugin\" or \"processor\", \
+                     or leave it out to prefer plugins",
+                    instance.task.id
+                );
+                return self.fail(instance, expected_version, message);
+            }
+        };
+        let target = if environment == USER_ENVIRONMENT {
+            None
+        } else {
+            self.choose(&environment, preference)
+        };
+
         instance.task.status = if environment == USER_ENVIRONMENT {
             TaskStatus::Waiting
-        } else if provider.is_some() {
+        } else if target.is_some() {
             TaskStatus::Dispatched
         } else {
             TaskStatus::Pending
         };
-        instance.provider = provider
-            .as_ref()
-            .map(|plugin| format!("plugin:{}", plugin.name));
+        instance.provider = target.as_ref().map(|target| match target {
+            Target::Plugin(plugin) => format!("plugin:{}", plugin.name),
+            Target::Processor(processor) => processor.provider(),
+        });
         instance.task.environment = Some(environment);
         instance.task.updated_at = rfc3339(self.now);
 
@@ -269,12 +321,44 @@ impl<'a> Plan<'a> {
             },
         });
         self.note(&instance, expected_version.is_none());
-        if let Some(plugin) = provider
-            && instance.task.status == TaskStatus::Dispatched
-        {
-            self.dispatches.push((instance.clone(), plugin));
+        if let Some(target) = target {
+            self.dispatches.push((instance.clone(), target));
         }
         instance
+    }
+
+    /// Puts a live task back in the queue for its current environment, with
+    /// no provider, so the next sweep can send it elsewhere.
+    pub fn park(&mut self, mut instance: Instance, expected_version: i64) -> Instance {
+        instance.task.status = TaskStatus::Pending;
+        instance.provider = None;
+        instance.task.updated_at = rfc3339(self.now);
+        self.transaction.push(Write::ReplaceTask {
+            record: instance.record(self.now),
+            expected_version,
+        });
+        self.outcomes.push(Outcome::Changed(instance.task.clone()));
+        instance
+    }
+
+    fn choose(&self, environment: &str, preference: Preference) -> Option<Target> {
+        let plugin = || {
+            self.providers
+                .plugins
+                .provider(environment)
+                .map(|plugin| Target::Plugin(plugin.clone()))
+        };
+        let processor = || {
+            self.providers
+                .processors
+                .choose(environment)
+                .map(Target::Processor)
+        };
+        match preference {
+            Preference::Any => plugin().or_else(processor),
+            Preference::Plugin => plugin(),
+            Preference::Processor => processor(),
+        }
     }
 
     /// Stores a live task that changed but goes on where it is.
@@ -309,7 +393,7 @@ impl<'a> Plan<'a> {
 
         match instance.task.next_task.clone() {
             None => self.end_thread(),
-            Some(next) => match self.snapshot.catalog.get(&next).cloned() {
+            Some(next) => match self.providers.plugins.catalog.get(&next).cloned() {
                 Some(definition) => {
                     self.enter(
                         &definition,
@@ -351,7 +435,9 @@ impl<'a> Plan<'a> {
             return instance;
         }
         let target = self.error_task_for(&instance.task);
-        let Some(definition) = target.and_then(|id| self.snapshot.catalog.get(&id).cloned()) else {
+        let Some(definition) =
+            target.and_then(|id| self.providers.plugins.catalog.get(&id).cloned())
+        else {
             self.end_thread();
             return instance;
         };
@@ -381,14 +467,16 @@ impl<'a> Plan<'a> {
             return Some(id.to_owned());
         }
         if let Some(id) = self
-            .snapshot
+            .providers
+            .plugins
             .catalog
             .get(&task.id)
             .and_then(|definition| definition.error_task.clone())
         {
             return Some(id);
         }
-        self.snapshot
+        self.providers
+            .plugins
             .catalog
             .nearest_error_task(&task.id)
             .map(|definition| definition.id.clone())

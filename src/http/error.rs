@@ -81,6 +81,7 @@ impl From<EngineError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "version_conflict", message)
             }
             EngineError::Finished(_) => Self::new(StatusCode::CONFLICT, "task_finished", message),
+            EngineError::NotHeld { .. } => Self::new(StatusCode::CONFLICT, "not_held", message),
             EngineError::Invalid(_) => Self::invalid_task(message),
             EngineError::Storage(_) | EngineError::Write(_) => Self::internal(&error),
         }

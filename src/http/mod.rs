@@ -10,6 +10,8 @@
 //! | `POST /api/tasks/{instanceId}` | `{"command": "update", "task": {...}}` |
 //! | `GET /api/threads` | threads, newest first, paged |
 //! | `GET /api/threads/{threadId}` | one thread with every task in order |
+//! | `GET /api/processors` | connected processors |
+//! | `GET /ws` | WebSocket for processors (see `docs/PROCESSORS.md`) |
 
 mod body;
 mod error;
@@ -26,6 +28,7 @@ pub use error::ApiError;
 
 use crate::engine::Engine;
 use crate::plugin::PluginRegistry;
+use crate::processors::session::SessionConfig;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -34,6 +37,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Loaded plugins and the catalog.
     pub registry: Arc<PluginRegistry>,
+    /// Settings of processor connections.
+    pub sessions: Arc<SessionConfig>,
 }
 
 /// Builds the router. `max_body_bytes` limits request bodies.
@@ -49,6 +54,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/api/threads", get(routes::list_threads))
         .route("/api/threads/{thread_id}", get(routes::get_thread))
+        .route("/api/processors", get(routes::processors))
+        .route("/ws", get(routes::processor_socket))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

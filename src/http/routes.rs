@@ -2,7 +2,11 @@
 //! and the result into JSON; none writes task state itself.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
@@ -14,6 +18,7 @@ use super::error::ApiError;
 use crate::engine::StartRequest;
 use crate::engine::merge::json_kind;
 use crate::engine::task::{Task, rfc3339};
+use crate::processors::session;
 use crate::storage::{TaskRecord, ThreadRecord};
 
 /// Threads per page when `limit` is not given.
@@ -43,6 +48,22 @@ pub async fn plugins(State(state): State<AppState>) -> impl IntoResponse {
     Json(state.registry.statuses())
 }
 
+pub async fn processors(State(state): State<AppState>) -> impl IntoResponse {
+    Json(state.engine.processors().statuses())
+}
+
+pub async fn processor_socket(
+    State(state): State<AppState>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> impl IntoResponse {
+    let limit = state.sessions.max_message_bytes;
+    upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| session::run(socket, address, state.engine, state.sessions))
+}
+
 pub async fn start_task(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
@@ -61,6 +82,11 @@ pub async fn start_task(
     }
     let id = match task.get("id") {
         Some(Value::String(id)) if !id.is_empty() => id.clone(),
+        Some(Value::String(_)) => {
+            return Err(ApiError::invalid_task(
+                "`task.id` is empty: name the start task, e.g. \"examples.story.start\"",
+            ));
+        }
         Some(other) => {
             return Err(ApiError::invalid_task(format!(
                 "`task.id` must be a task id string such as \"examples.story.start\", not {}",
@@ -88,9 +114,10 @@ pub async fn start_task(
 
 pub async fn update_task(
     State(state): State<AppState>,
-    Path(instance_id): Path<String>,
+    instance_id: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Task>, ApiError> {
+    let instance_id = path_value(instance_id)?;
     let task = command_task(&body, "update", "POST /api/tasks takes `start`")?;
     let updated = state
         .engine
@@ -101,8 +128,9 @@ pub async fn update_task(
 
 pub async fn get_task(
     State(state): State<AppState>,
-    Path(instance_id): Path<String>,
+    instance_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Task>, ApiError> {
+    let instance_id = path_value(instance_id)?;
     let (_, record) = state
         .engine
         .storage()
@@ -155,8 +183,9 @@ impl From<ThreadRecord> for ThreadSummary {
 
 pub async fn get_thread(
     State(state): State<AppState>,
-    Path(thread_id): Path<String>,
+    thread_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ThreadView>, ApiError> {
+    let thread_id = path_value(thread_id)?;
     let storage = state.engine.storage();
     let thread = storage
         .thread(&thread_id)
@@ -268,7 +297,13 @@ fn command_task<'a>(
                 "unknown command `{command}` for this route, which takes `{expected}`; {other_route}"
             )));
         }
-        Some(_) | None => {
+        Some(other) => {
+            return Err(ApiError::unknown_command(format!(
+                "`command` must be the string \"{expected}\", not {}",
+                json_kind(other)
+            )));
+        }
+        None => {
             return Err(ApiError::unknown_command(format!(
                 "missing `command`: send {{\"command\": \"{expected}\", \"task\": {{...}}}}"
             )));
@@ -291,6 +326,17 @@ fn command_task<'a>(
             "missing `task`: send {{\"command\": \"{expected}\", \"task\": {{...}}}}"
         ))),
     }
+}
+
+/// Returns a path parameter, or a JSON 400 when it is not valid UTF-8.
+fn path_value(value: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    value.map(|Path(value)| value).map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            format!("{}; ids are ASCII", rejection.body_text()),
+        )
+    })
 }
 
 fn task_from_record(record: &TaskRecord) -> Result<Task, ApiError> {

@@ -77,7 +77,8 @@ pub fn apply_wit_task(current: &Task, returned: WitTask) -> Result<Task, Invalid
     task.request = parse_json(&returned.request, "request")?;
     task.response = parse_json(&returned.response, "response")?;
     task.command_args = parse_json(&returned.command_args, "commandArgs")?;
-    task.error = returned.error;
+    // An empty message is no error.
+    task.error = returned.error.filter(|error| !error.trim().is_empty());
     task.next_task = returned.next_task;
     task.command = returned.command;
     Ok(task)

@@ -475,7 +475,9 @@ impl PluginHost {
                 cap_mib: self.limits.memory_bytes >> 20,
             };
         }
-        let mut message = format!("{err:#}");
+        // The root cause names the trap; wasmtime's full chain adds a
+        // backtrace that is noise in a task's error.
+        let mut message = err.root_cause().to_string();
         if let Some(tail) = state.stderr_tail() {
             message.push_str("; stderr: ");
             message.push_str(&tail);

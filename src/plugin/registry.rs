@@ -115,6 +115,15 @@ impl PluginRegistry {
         let plugin = Arc::new(plugin);
         let mut plugins = self.current.load().plugins.clone();
         let replaced = plugins.insert(plugin.name.clone(), plugin.clone());
+        // The plugins already serving keep their ids: the new version is
+        // checked against them, whatever the names' order.
+        Catalog::build(
+            plugins
+                .iter()
+                .filter(|(name, _)| **name != plugin.name)
+                .chain(std::iter::once((&plugin.name, &plugin)))
+                .map(|(name, plugin)| (name.as_str(), plugin.definitions.as_slice())),
+        )?;
         let snapshot = build_snapshot(plugins)?;
         self.current.store(Arc::new(snapshot));
 
@@ -182,6 +191,30 @@ impl PluginRegistry {
                 last_error: None,
             });
         status.last_error = Some(failure);
+    }
+
+    /// Forgets the last failure of plugin `name`, once its serving version
+    /// is back in place.
+    pub fn clear_failure(&self, name: &str) {
+        if let Some(status) = self
+            .statuses
+            .lock()
+            .expect("status lock poisoned")
+            .get_mut(name)
+        {
+            status.last_error = None;
+        }
+    }
+
+    /// Returns the files that failed to load and have no serving version.
+    pub fn failed_files(&self) -> Vec<String> {
+        self.statuses
+            .lock()
+            .expect("status lock poisoned")
+            .values()
+            .filter(|status| status.version.is_none())
+            .map(|status| status.file.clone())
+            .collect()
     }
 
     /// Returns every plugin the hub has seen a file for, by name.

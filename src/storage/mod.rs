@@ -325,6 +325,42 @@ impl Storage {
         Ok(row.map(|row| row.try_get("output")).transpose()?)
     }
 
+    /// Returns the live tasks dispatched to `provider`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the query fails.
+    pub async fn live_tasks_held_by(
+        &self,
+        provider: &str,
+    ) -> Result<Vec<TaskRecord>, StorageError> {
+        let rows = sqlx::query(concat!(
+            select_live!(),
+            " WHERE status = 'dispatched' AND provider = ? ORDER BY created_at"
+        ))
+        .bind(provider)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    /// Returns the pending tasks that last changed before `cutoff` (unix
+    /// milliseconds), oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the query fails.
+    pub async fn pending_since_before(&self, cutoff: i64) -> Result<Vec<TaskRecord>, StorageError> {
+        let rows = sqlx::query(concat!(
+            select_live!(),
+            " WHERE status = 'pending' AND updated_at < ? ORDER BY updated_at LIMIT 1000"
+        ))
+        .bind(cutoff)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
     /// Returns the live tasks with one of `statuses`, oldest first, for
     /// resuming after a restart or when a provider appears.
     ///

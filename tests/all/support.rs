@@ -90,6 +90,11 @@ impl Hub {
     /// plugin deadline and a 32 MiB memory cap unless `extra` sets them),
     /// and waits until it listens.
     pub fn start(files: &HubFiles, extra: &[&str]) -> Self {
+        let listen: &[&str] = if extra.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut defaults = Vec::new();
         for (flag, value) in [
             ("--plugin-deadline-ms", "1000"),
@@ -101,7 +106,7 @@ impl Hub {
         }
         let mut child = Command::new(env!("CARGO_BIN_EXE_taskhub"))
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(listen)
             .arg("--plugins")
             .arg(files.plugins())
             .arg("--db")
@@ -151,6 +156,15 @@ impl Hub {
     pub fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// Whether any log line so far contains `text`.
+    pub fn logs_contain(&self, text: &str) -> bool {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(text))
     }
 
     /// Waits until a log line contains every one of `parts`.
@@ -302,4 +316,111 @@ fn field(line: &str, name: &str) -> Option<String> {
     let start = line.find(&format!("{name}="))? + name.len() + 1;
     let value = line[start..].split_whitespace().next()?;
     Some(value.trim_matches('"').to_owned())
+}
+
+/// A processor played by the test: a real WebSocket client.
+pub struct TestProcessor {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl TestProcessor {
+    /// Opens a WebSocket to the hub without registering.
+    pub async fn connect(hub: &Hub) -> Self {
+        let url = format!("{}/ws", hub.base.replace("http://", "ws://"));
+        let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("failed to open a WebSocket to the hub");
+        Self { socket }
+    }
+
+    /// Connects and registers `id` for `environments`; fails unless the hub
+    /// answers `registered`.
+    pub async fn register(hub: &Hub, id: &str, environments: &[&str]) -> Self {
+        let mut processor = Self::connect(hub).await;
+        processor
+            .send(json!({"command": "register", "processorId": id, "environments": environments}))
+            .await;
+        let reply = processor.recv().await;
+        assert_eq!(reply["command"], "registered", "{reply}");
+        processor
+    }
+
+    /// Sends one JSON text message.
+    pub async fn send(&mut self, message: Value) {
+        self.send_text(message.to_string()).await;
+    }
+
+    /// Sends one text message as it is.
+    pub async fn send_text(&mut self, text: String) {
+        use futures::SinkExt;
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+            .await
+            .expect("failed to send to the hub");
+    }
+
+    /// Returns the next text message as JSON; fails on a close or after
+    /// [`PATIENCE`].
+    pub async fn recv(&mut self) -> Value {
+        match self.next_text().await {
+            Ok(message) => message,
+            Err(close) => panic!("the hub closed the connection: {close:?}"),
+        }
+    }
+
+    /// Returns the next text message, or the close frame's code and reason
+    /// if the hub closes first.
+    pub async fn next_text(&mut self) -> Result<Value, Option<(u16, String)>> {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.socket.next())
+                .await
+                .expect("timed out waiting for a message from the hub");
+            match frame {
+                Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).unwrap()),
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(
+                        frame.map(|frame| (u16::from(frame.code), frame.reason.to_string()))
+                    );
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// Waits for the next `dispatch` and returns its task.
+    pub async fn dispatched(&mut self) -> Value {
+        let message = self.recv().await;
+        assert_eq!(message["command"], "dispatch", "{message}");
+        message["task"].clone()
+    }
+
+    /// Sends an update and returns the hub's reply.
+    pub async fn update(&mut self, task: Value) -> Value {
+        self.send(json!({"command": "update", "task": task})).await;
+        self.recv().await
+    }
+
+    /// Finishes `task` with `output` and checks the hub accepted it.
+    pub async fn finish(&mut self, task: &Value, output: Value) {
+        let reply = self
+            .update(json!({
+                "instanceId": task["instanceId"],
+                "version": task["version"],
+                "output": output,
+                "state": {"done": true},
+            }))
+            .await;
+        assert_eq!(reply["command"], "updated", "{reply}");
+        assert_eq!(reply["status"], "done", "{reply}");
+    }
+
+    /// Drops the connection without a close handshake, as a crash would.
+    pub fn crash(self) {
+        drop(self);
+    }
 }

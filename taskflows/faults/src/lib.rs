@@ -1,5 +1,7 @@
-//! A test fixture that misbehaves on purpose. The build script never copies
-//! it into `plugins/`.
+//! A test fixture that misbehaves on purpose. The build script never
+//! copies it into `plugins/`. It also declares tasks for the processor
+//! tests: `testing.remote.*`, and `testing.faults.remote`, which asks for a
+//! processor even though this plugin provides `faults`.
 //!
 //! The `faults` environment behaves as `input.mode` requests:
 //!
@@ -44,6 +46,33 @@ impl Taskflow for Faults {
                 start: true,
                 environments: Some(vec!["faults".into()]),
                 config: None,
+                next_task: None,
+                error_task: None,
+            },
+            TaskDefinition {
+                id: "testing.remote.run".into(),
+                label: "Run on a processor".into(),
+                start: true,
+                environments: Some(vec!["remote".into()]),
+                config: None,
+                next_task: None,
+                error_task: None,
+            },
+            TaskDefinition {
+                id: "testing.remote.error".into(),
+                label: "Record the remote failure".into(),
+                start: false,
+                environments: Some(vec![]),
+                config: None,
+                next_task: None,
+                error_task: None,
+            },
+            TaskDefinition {
+                id: "testing.faults.remote".into(),
+                label: "Misbehave on a processor".into(),
+                start: true,
+                environments: Some(vec!["faults".into()]),
+                config: Some(r#"{"provider": "processor"}"#.into()),
                 next_task: None,
                 error_task: None,
             },
