@@ -187,6 +187,13 @@ impl Reloader {
             tokio::select! {
                 change = changes.recv() => {
                     let Some(path) = change else { return };
+                    if path == self.dir {
+                        // The folder itself was removed or moved; the next
+                        // check compares it afresh, even if a new folder
+                        // reuses the inode.
+                        folder = None;
+                        continue;
+                    }
                     if path.extension().is_some_and(|extension| extension == "wasm") {
                         pending.insert(path, (Instant::now() + QUIET, None));
                     }

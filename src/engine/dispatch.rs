@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::plan::{Instance, Outcome, Plan, Target, ThreadContext};
+use super::plan::{Instance, Outcome, Plan, Target, ThreadContext, can_dispatch};
 use super::task::{Task, TaskStatus, now_millis};
 use super::{Engine, EngineError, Source, Sweeps, environment_index};
 use crate::events::Event;
@@ -36,8 +36,21 @@ impl Engine {
             .await
             .map_err(EngineError::Write)?;
 
+        // A provider that arrived while this plan was built swept the
+        // pending tasks before this commit; sweep again for this one.
+        let snapshot = self.plugins.snapshot();
+        let providers = self.providers(&snapshot);
+        let missed = outcomes.iter().any(|outcome| match outcome {
+            Outcome::Entered(task) | Outcome::Changed(task) => {
+                task.status == TaskStatus::Pending && can_dispatch(providers, task)
+            }
+            Outcome::ThreadEnded { .. } => false,
+        });
         for outcome in outcomes {
             self.publish(outcome);
+        }
+        if missed {
+            tokio::spawn(self.clone().sweep_pending());
         }
         for (instance, target) in dispatches {
             match target {
@@ -91,6 +104,15 @@ impl Engine {
                     .requeue(vec![instance_id], processor.provider()),
             );
         }
+    }
+
+    /// Runs [`Engine::dispatch_pending`] on a task of its own.
+    fn sweep_pending(self: Arc<Self>) -> Detached {
+        Box::pin(async move {
+            if let Err(err) = self.dispatch_pending().await {
+                tracing::error!(error = %err, "failed to dispatch pending tasks");
+            }
+        })
     }
 
     /// Runs a plugin call and applies its result.
@@ -221,10 +243,11 @@ impl Engine {
         let snapshot = self.plugins.snapshot();
         let mut dispatched = 0;
         for record in self.storage.live_tasks(&["pending"]).await? {
-            let Some(environment) = record.environment.as_deref() else {
+            let Ok(instance) = Instance::from_record(&record) else {
+                tracing::error!(instance_id = %record.instance_id, "skipping an unreadable pending task");
                 continue;
             };
-            if snapshot.provider(environment).is_none() && !self.processors.serves(environment) {
+            if !can_dispatch(self.providers(&snapshot), &instance.task) {
                 continue;
             }
             match self.reroute(&record).await {

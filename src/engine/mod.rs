@@ -299,6 +299,16 @@ impl Engine {
 
         let mut merged = merge::merge(&instance.task, update)
             .map_err(|err| EngineError::Invalid(err.to_string()))?;
+        merge::check_limits(&merged).map_err(EngineError::Invalid)?;
+        if merged.next_task != instance.task.next_task
+            && let Some(next) = &merged.next_task
+            && self.plugins.snapshot().catalog.get(next).is_none()
+        {
+            return Err(EngineError::Invalid(format!(
+                "`nextTask` {next} is not defined by any loaded plugin; \
+                 GET /api/plugins lists what each plugin declares"
+            )));
+        }
         merged.version += 1;
         let updated = Instance {
             task: merged,

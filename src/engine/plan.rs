@@ -101,6 +101,58 @@ enum Preference {
     Processor,
 }
 
+/// Returns the provider kind a task accepts, from its `config.provider`.
+fn preference(task: &Task) -> Result<Preference, String> {
+    match task.config.get("provider") {
+        None | Some(Value::Null) => Ok(Preference::Any),
+        Some(Value::String(name)) if name == "plugin" => Ok(Preference::Plugin),
+        Some(Value::String(name)) if name == "processor" => Ok(Preference::Processor),
+        Some(other) => Err(format!(
+            "task {}: `config.provider` is {other}; use \"plugin\" or \"processor\", \
+             or leave it out to prefer plugins",
+            task.id
+        )),
+    }
+}
+
+/// Picks the provider for a task in `environment`: a plugin before a
+/// processor, unless `preference` allows only one kind.
+fn choose(providers: Providers<'_>, environment: &str, preference: Preference) -> Option<Target> {
+    let plugin = || {
+        providers
+            .plugins
+            .provider(environment)
+            .map(|plugin| Target::Plugin(plugin.clone()))
+    };
+    let processor = || {
+        providers
+            .processors
+            .choose(environment)
+            .map(Target::Processor)
+    };
+    match preference {
+        Preference::Any => plugin().or_else(processor),
+        Preference::Plugin => plugin(),
+        Preference::Processor => processor(),
+    }
+}
+
+/// Whether a pending task could be dispatched now: a provider it accepts
+/// serves its current environment.
+pub fn can_dispatch(providers: Providers<'_>, task: &Task) -> bool {
+    let Some(environment) = task.environment.as_deref() else {
+        return false;
+    };
+    let plugin = || providers.plugins.provider(environment).is_some();
+    let processor = || providers.processors.serves(environment);
+    match preference(task) {
+        Ok(Preference::Any) => plugin() || processor(),
+        Ok(Preference::Plugin) => plugin(),
+        Ok(Preference::Processor) => processor(),
+        Err(_) => false,
+    }
+}
+
 /// The thread a plan works on.
 #[derive(Debug, Clone)]
 pub struct ThreadContext {
@@ -279,23 +331,14 @@ impl<'a> Plan<'a> {
         expected_version: Option<i64>,
     ) -> Instance {
         let environment = instance.task.environments[index].clone();
-        let preference = match instance.task.config.get("provider") {
-            None | Some(Value::Null) => Preference::Any,
-            Some(Value::String(name)) if name == "plugin" => Preference::Plugin,
-            Some(Value::String(name)) if name == "processor" => Preference::Processor,
-            Some(other) => {
-                let message = format!(
-                    "task {}: `config.provider` is {other}; use \"plugin\" or \"processor\", \
-                     or leave it out to prefer plugins",
-                    instance.task.id
-                );
-                return self.fail(instance, expected_version, message);
-            }
+        let preference = match preference(&instance.task) {
+            Ok(preference) => preference,
+            Err(message) => return self.fail(instance, expected_version, message),
         };
         let target = if environment == USER_ENVIRONMENT {
             None
         } else {
-            self.choose(&environment, preference)
+            choose(self.providers, &environment, preference)
         };
 
         instance.task.status = if environment == USER_ENVIRONMENT {
@@ -339,26 +382,6 @@ impl<'a> Plan<'a> {
         });
         self.outcomes.push(Outcome::Changed(instance.task.clone()));
         instance
-    }
-
-    fn choose(&self, environment: &str, preference: Preference) -> Option<Target> {
-        let plugin = || {
-            self.providers
-                .plugins
-                .provider(environment)
-                .map(|plugin| Target::Plugin(plugin.clone()))
-        };
-        let processor = || {
-            self.providers
-                .processors
-                .choose(environment)
-                .map(Target::Processor)
-        };
-        match preference {
-            Preference::Any => plugin().or_else(processor),
-            Preference::Plugin => plugin(),
-            Preference::Processor => processor(),
-        }
     }
 
     /// Stores a live task that changed but goes on where it is.

@@ -27,6 +27,9 @@ const CLOSE_TOO_BIG: u16 = 1009;
 /// WebSocket close code for an endpoint going away.
 const CLOSE_GOING_AWAY: u16 = 1001;
 
+/// Time a rejected peer has to answer the close handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Environments one processor may register.
 const MAX_ENVIRONMENTS: usize = 64;
 
@@ -430,7 +433,20 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) -> Result<(), ax
 /// Sends an error and closes the connection.
 async fn reject(socket: &mut WebSocket, code: &'static str, message: String, close_code: u16) {
     let _ = send(socket, &error(code, message, None)).await;
-    let _ = close(socket, close_code, code).await;
+    if close(socket, close_code, code).await.is_err() {
+        return;
+    }
+    // Read until the peer's close (or a short timeout) so that the error
+    // and the close frame reach it: closing with unread input would make
+    // the kernel reset the connection and drop them.
+    let drain = async {
+        while let Some(Ok(frame)) = socket.recv().await {
+            if matches!(frame, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
 }
 
 /// Reports a failed read: an oversized message gets an error and a close

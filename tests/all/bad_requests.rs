@@ -203,3 +203,49 @@ async fn unknown_routes_and_methods_answer_json() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ok");
 }
+
+#[tokio::test]
+async fn deep_input_and_bad_updates_are_rejected() {
+    let files = HubFiles::with_plugins(&["interview", "llm-mock", "flaky"]);
+    let hub = Hub::start(&files, &[]);
+
+    // Deep enough to break reading the error task back if it were stored.
+    let mut deep = json!("leaf");
+    for _ in 0..70 {
+        deep = json!([deep]);
+    }
+    let (status, body) = hub
+        .post("/api/tasks", &json!({"command": "start", "task": {"id": "examples.flaky.quick", "input": {"x": deep}}}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(message(&body).contains("at most 64"), "{body}");
+
+    let started = hub
+        .start_task("examples.interview.start", json!(null))
+        .await;
+    let ask = hub
+        .wait_last_task(started["threadId"].as_str().unwrap(), "waiting")
+        .await;
+    let path = format!("/api/tasks/{}", ask["instanceId"].as_str().unwrap());
+    let cases = [
+        (
+            json!({"version": 1, "nextTask": "does.not.exist", "state": {"done": true}}),
+            "not defined by any loaded plugin",
+        ),
+        (json!({"version": 1, "error": ""}), "`error` must be"),
+        (json!({"version": 1, "output": deep}), "nests 70 levels"),
+    ];
+    for (task, expected) in cases {
+        let (status, body) = hub
+            .post(&path, &json!({"command": "update", "task": task}))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{task} -> {body}");
+        assert!(message(&body).contains(expected), "{task} -> {body}");
+    }
+    let (_, unchanged) = hub.get(&path).await;
+    assert_eq!(unchanged, ask);
+
+    let (status, body) = hub.get("/api/tasks/%FF").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(code(&body), "invalid_path");
+}

@@ -272,3 +272,84 @@ async fn conflicting_task_ids_are_rejected() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn replaced_plugins_folder_is_watched_again() {
+    let files = HubFiles::with_plugins(&["story"]);
+    let hub = Hub::start(&files, &[]);
+    hub.wait_plugins(|plugins| plugin(plugins, "story").is_some())
+        .await;
+
+    std::fs::remove_dir_all(files.plugins()).unwrap();
+    std::fs::create_dir(files.plugins()).unwrap();
+    hub.wait_plugins(|plugins| plugin(plugins, "story").is_none())
+        .await;
+    files.install("llm-mock", "llm-mock");
+    hub.wait_plugins(|plugins| plugin(plugins, "llm-mock").is_some())
+        .await;
+    hub.wait_for_log(&["the plugins folder was replaced"]).await;
+}
+
+#[tokio::test]
+async fn conflict_names_owner_and_retries_after_unload() {
+    let files = HubFiles::with_plugins(&["story"]);
+    let hub = Hub::start(&files, &[]);
+    hub.wait_plugins(|plugins| plugin(plugins, "story").is_some())
+        .await;
+
+    // `astory` sorts before `story`, yet `story` serves and keeps its ids.
+    files.install("story", "astory");
+    let plugins = hub
+        .wait_plugins(|plugins| {
+            plugin(plugins, "astory").is_some_and(|p| !p["lastError"].is_null())
+        })
+        .await;
+    let message = plugin(&plugins, "astory").unwrap()["lastError"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("already declared by plugin `story`"),
+        "{message}"
+    );
+
+    // Once `story` is gone, the copy loads in its place.
+    std::fs::remove_file(files.plugin_path("story")).unwrap();
+    let plugins = hub
+        .wait_plugins(|plugins| plugin(plugins, "astory").is_some_and(|p| p["status"] == "loaded"))
+        .await;
+    assert!(plugin(&plugins, "story").is_none());
+    let (_, menu) = hub.get("/api/taskflows").await;
+    assert_eq!(
+        menu[0]["children"][0]["children"][0]["id"],
+        "examples.story.start"
+    );
+}
+
+#[tokio::test]
+async fn restored_file_clears_load_error() {
+    let files = HubFiles::with_plugins(&["faults"]);
+    let hub = Hub::start(&files, &[]);
+    hub.wait_plugins(|plugins| plugin(plugins, "faults").is_some())
+        .await;
+
+    files.write_plugin("faults", b"");
+    hub.wait_plugins(|plugins| {
+        plugin(plugins, "faults").is_some_and(|p| !p["lastError"].is_null())
+    })
+    .await;
+    files.install("faults", "faults");
+    hub.wait_plugins(|plugins| plugin(plugins, "faults").is_some_and(|p| p["lastError"].is_null()))
+        .await;
+}
+
+#[tokio::test]
+async fn missing_plugins_folder_is_created() {
+    let files = HubFiles::new();
+    std::fs::remove_dir(files.plugins()).unwrap();
+    let hub = Hub::start(&files, &[]);
+    assert!(files.plugins().is_dir());
+    files.install("story", "story");
+    hub.wait_plugins(|plugins| plugin(plugins, "story").is_some())
+        .await;
+}

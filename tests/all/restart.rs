@@ -99,3 +99,48 @@ async fn pending_task_runs_when_provider_arrives() {
     assert_eq!(thread["status"], "done");
     assert_eq!(thread["taskCount"], 3);
 }
+
+#[tokio::test]
+async fn resume_waits_for_whole_plugins_folder() {
+    // `llm-mock` sorts before `story`, so it loads first on restart; the
+    // pending `summarize` must still not run before `story` (which defines
+    // the next task) has loaded.
+    let files = HubFiles::with_plugins(&["story"]);
+    let hub = Hub::start(&files, &[]);
+    let started = hub
+        .start_task("examples.story.start", json!({"topic": "order"}))
+        .await;
+    let thread_id = started["threadId"].as_str().unwrap().to_owned();
+    hub.wait_last_task(&thread_id, "pending").await;
+    hub.kill();
+
+    files.install("llm-mock", "llm-mock");
+    let hub = Hub::start(&files, &[]);
+    let thread = hub.wait_thread_end(&thread_id).await;
+    assert_eq!(thread["status"], "done", "{thread}");
+    assert_eq!(thread["taskCount"], 3);
+}
+
+#[tokio::test]
+async fn second_hub_on_same_database_is_refused() {
+    let files = HubFiles::with_plugins(&["story"]);
+    let _hub = Hub::start(&files, &[]);
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_taskhub"))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--plugins")
+        .arg(files.plugins())
+        .arg("--db")
+        .arg(files.db())
+        .arg("--cache-dir")
+        .arg(files.cache())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("another taskhub is using the database"),
+        "{stderr}"
+    );
+}
