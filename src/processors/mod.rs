@@ -47,9 +47,11 @@ pub struct Processor {
 }
 
 impl Processor {
-    /// Returns the `provider` value of the tasks it holds.
+    /// Returns the `provider` value of the tasks this connection holds.
+    /// It names the session too, so a reconnected processor does not hold
+    /// the tasks sent to its earlier connection.
     pub fn provider(&self) -> String {
-        format!("{PROVIDER_PREFIX}{}", self.id)
+        format!("{PROVIDER_PREFIX}{}#{}", self.id, self.session)
     }
 
     /// Records that the processor was heard from now.
@@ -124,9 +126,13 @@ pub struct ProcessorRegistry {
 }
 
 impl ProcessorRegistry {
-    /// Returns an empty registry.
+    /// Returns an empty registry. Session numbers start from the clock, so
+    /// they do not repeat those of an earlier run of the hub.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            sessions: AtomicU64::new(now_millis().unsigned_abs() * 1000),
+            ..Self::default()
+        }
     }
 
     /// Adds a connection and returns it with the receiver of its outgoing
