@@ -27,6 +27,9 @@ const DEFAULT_PAGE: u32 = 50;
 /// Largest page of threads.
 const MAX_PAGE: u32 = 500;
 
+/// Initial read buffer of a processor's WebSocket.
+const SOCKET_BUFFER_BYTES: usize = 4096;
+
 pub async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state
         .engine
@@ -58,7 +61,11 @@ pub async fn processor_socket(
     upgrade: WebSocketUpgrade,
 ) -> impl IntoResponse {
     let limit = state.sessions.max_message_bytes;
+    // Idle processors are the common case: small buffers that grow with
+    // the traffic keep a thousand of them cheap.
     upgrade
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(0)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| session::run(socket, address, state.engine, state.sessions))

@@ -173,7 +173,7 @@ enum Failure {
 }
 
 async fn serve_once(config: &ClientConfig, handler: Arc<dyn Handler>) -> Result<Session, Failure> {
-    let (socket, _) = tokio_tungstenite::connect_async(config.url.as_str())
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(config.url.as_str(), None, true)
         .await
         .map_err(|err| Failure::Connect(err.to_string()))?;
     let (mut sink, mut stream) = socket.split();

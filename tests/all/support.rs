@@ -1,5 +1,7 @@
 //! Runs the real `taskhub` binary on an ephemeral port with its own
 //! temporary database, cache and plugins folder, and talks to it over HTTP.
+//! The benchmarks include this file too, so some helpers are unused there.
+#![allow(dead_code, reason = "shared with the benchmarks, which use a subset")]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -90,6 +92,12 @@ impl Hub {
     /// plugin deadline and a 32 MiB memory cap unless `extra` sets them),
     /// and waits until it listens.
     pub fn start(files: &HubFiles, extra: &[&str]) -> Self {
+        Self::start_with_log(files, extra, "info")
+    }
+
+    /// Starts the hub like [`Hub::start`] with `log` as its `RUST_LOG`
+    /// filter; the filter must keep the `hub listening` line.
+    pub fn start_with_log(files: &HubFiles, extra: &[&str], log: &str) -> Self {
         let listen: &[&str] = if extra.contains(&"--listen") {
             &[]
         } else {
@@ -115,7 +123,7 @@ impl Hub {
             .arg(files.cache())
             .args(defaults)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -150,6 +158,11 @@ impl Hub {
             logs,
             client: reqwest::Client::new(),
         }
+    }
+
+    /// Returns the hub's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
@@ -329,7 +342,7 @@ impl TestProcessor {
     /// Opens a WebSocket to the hub without registering.
     pub async fn connect(hub: &Hub) -> Self {
         let url = format!("{}/ws", hub.base.replace("http://", "ws://"));
-        let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
             .await
             .expect("failed to open a WebSocket to the hub");
         Self { socket }
@@ -417,6 +430,14 @@ impl TestProcessor {
             .await;
         assert_eq!(reply["command"], "updated", "{reply}");
         assert_eq!(reply["status"], "done", "{reply}");
+    }
+
+    /// Returns the WebSocket, for callers that read it themselves.
+    pub fn into_socket(
+        self,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
+    {
+        self.socket
     }
 
     /// Drops the connection without a close handshake, as a crash would.
