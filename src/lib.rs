@@ -13,4 +13,4 @@ pub mod reload;
 pub mod server;
 pub mod storage;
 
-pub use server::{HubConfig, RunningHub};
+pub use server::{HubConfig, ParentConfig, RunningHub};

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use taskhub::engine::Sweeps;
 use taskhub::plugin::{Limits, PluginHost, content_hash};
 use taskhub::processors::session::SessionConfig;
-use taskhub::{HubConfig, RunningHub};
+use taskhub::{HubConfig, ParentConfig, RunningHub};
 use tracing_subscriber::EnvFilter;
 
 /// A task hub: taskflows and environments as WebAssembly components, tasks
@@ -92,6 +92,20 @@ struct ServeArgs {
     /// environment before it fails into its error task; 0 waits forever.
     #[arg(long, env = "TASKHUB_PENDING_TIMEOUT_SECS", default_value_t = 86_400.0)]
     pending_timeout_secs: f64,
+    /// A parent hub's processor endpoint (e.g. `ws://parent:8080/ws`) to
+    /// register with and serve this hub's plugin environments to.
+    #[arg(long, env = "TASKHUB_PARENT")]
+    parent: Option<String>,
+    /// The processor id this hub registers with at the parent.
+    #[arg(long, env = "TASKHUB_PARENT_ID", default_value = "child-hub")]
+    parent_id: String,
+    /// The parent's processor token.
+    #[arg(long, env = "TASKHUB_PARENT_TOKEN", hide_env_values = true)]
+    parent_token: Option<String>,
+    /// Environments to offer the parent, comma-separated; by default every
+    /// environment this hub's plugins provide.
+    #[arg(long, env = "TASKHUB_PARENT_ENVIRONMENTS", value_delimiter = ',')]
+    parent_environments: Vec<String>,
 }
 
 impl ServeArgs {
@@ -149,6 +163,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             messages_per_second: args.processor_messages_per_sec,
             ..SessionConfig::default()
         },
+        parent: args.parent.clone().map(|url| ParentConfig {
+            url,
+            id: args.parent_id.clone(),
+            token: args.parent_token.clone(),
+            environments: args.parent_environments.clone(),
+        }),
         sweeps: Sweeps {
             pending_timeout: (args.pending_timeout_secs > 0.0)
                 .then(|| Duration::from_secs_f64(args.pending_timeout_secs)),

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -15,6 +16,8 @@ use crate::events::Events;
 use crate::http::{self, AppState};
 use crate::plugin::{ArtifactCache, Limits, PluginHost, PluginRegistry};
 use crate::processors::ProcessorRegistry;
+use crate::processors::client::{self, ClientConfig};
+use crate::processors::parent::PluginBridge;
 use crate::processors::session::SessionConfig;
 use crate::reload::{Reloader, WatchGuard};
 use crate::storage::Storage;
@@ -38,6 +41,22 @@ pub struct HubConfig {
     pub sessions: SessionConfig,
     /// Background sweeps (the pending timeout).
     pub sweeps: Sweeps,
+    /// A parent hub to serve this hub's plugin environments to.
+    pub parent: Option<ParentConfig>,
+}
+
+/// How this hub registers with a parent hub.
+#[derive(Debug, Clone)]
+pub struct ParentConfig {
+    /// The parent's processor endpoint, e.g. `ws://parent:8080/ws`.
+    pub url: String,
+    /// The processor id this hub registers as.
+    pub id: String,
+    /// The parent's processor token.
+    pub token: Option<String>,
+    /// Environments to offer; empty offers every environment this hub's
+    /// plugins provide once the plugins folder has loaded.
+    pub environments: Vec<String>,
 }
 
 /// A hub that is serving.
@@ -102,7 +121,7 @@ impl RunningHub {
 
         let reloader = Reloader::new(
             config.plugins.clone(),
-            host,
+            host.clone(),
             registry.clone(),
             storage,
             engine.clone(),
@@ -126,6 +145,9 @@ impl RunningHub {
             .context("failed to resume unfinished tasks")?;
         reloader.start_dispatching();
         engine.start_sweeps(config.sweeps);
+        if let Some(parent) = &config.parent {
+            start_parent_link(parent, &registry, &host)?;
+        }
 
         let app = http::router(
             AppState {
@@ -186,6 +208,50 @@ impl RunningHub {
         self.server.await??;
         Ok(())
     }
+}
+
+/// Registers with the parent hub and serves it on a task of its own, with
+/// reconnection.
+fn start_parent_link(
+    parent: &ParentConfig,
+    registry: &Arc<PluginRegistry>,
+    host: &Arc<PluginHost>,
+) -> anyhow::Result<()> {
+    let mut environments = parent.environments.clone();
+    if environments.is_empty() {
+        environments = registry.snapshot().providers.keys().cloned().collect();
+        environments.sort();
+    }
+    if environments.is_empty() {
+        anyhow::bail!(
+            "--parent is set, but no loaded plugin provides an environment to offer the parent; \
+             add environment adapter plugins or name them with --parent-environments"
+        );
+    }
+    tracing::info!(
+        parent = %parent.url,
+        processor_id = %parent.id,
+        environments = %environments.join(","),
+        "registering with the parent hub"
+    );
+    let config = ClientConfig {
+        url: parent.url.clone(),
+        processor_id: parent.id.clone(),
+        environments,
+        token: parent.token.clone(),
+        min_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(10),
+    };
+    let bridge = Arc::new(PluginBridge {
+        registry: registry.clone(),
+        host: host.clone(),
+    });
+    tokio::spawn(async move {
+        if let Err(err) = client::run(config, bridge).await {
+            tracing::error!(error = %err, "the parent hub rejected this hub; stacking is off");
+        }
+    });
+    Ok(())
 }
 
 /// Takes an exclusive lock on `DB.lock` beside the database, creating the

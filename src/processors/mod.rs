@@ -8,6 +8,7 @@
 //! the task after the dispatch is committed.
 
 pub mod client;
+pub mod parent;
 pub mod protocol;
 pub mod session;
 

@@ -494,3 +494,33 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test]
+async fn child_hub_serves_parent_as_processor() {
+    let parent_files = HubFiles::with_plugins(&["story"]);
+    let parent = Hub::start(&parent_files, &[]);
+    let url = format!("{}/ws", parent.base.replace("http://", "ws://"));
+    let child_files = HubFiles::with_plugins(&["llm-mock"]);
+    let _child = Hub::start(&child_files, &["--parent", &url, "--parent-id", "child-1"]);
+
+    let listed = wait_until("the child hub to register", || async {
+        let (_, listed) = parent.get("/api/processors").await;
+        (listed[0]["processorId"] == "child-1").then_some(listed)
+    })
+    .await;
+    assert_eq!(listed[0]["environments"], json!(["llm"]));
+
+    let started = parent
+        .start_task("examples.story.start", json!({"topic": "two hubs"}))
+        .await;
+    let thread = parent
+        .wait_thread_end(started["threadId"].as_str().unwrap())
+        .await;
+    assert_eq!(thread["status"], "done", "{thread}");
+    let story = thread["tasks"][1]["output"]["text"].as_str().unwrap();
+    assert!(story.starts_with("Once there was two hubs."), "{story}");
+    assert_eq!(
+        thread["tasks"][2]["output"]["title"],
+        "Once there was two hubs"
+    );
+}
