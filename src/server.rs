@@ -45,7 +45,7 @@ pub struct HubConfig {
     pub parent: Option<ParentConfig>,
 }
 
-/// How this hub registers with a parent hub.
+/// Settings for registering with a parent hub.
 #[derive(Debug, Clone)]
 pub struct ParentConfig {
     /// The parent's processor endpoint, e.g. `ws://parent:8080/ws`.

@@ -1,7 +1,7 @@
 //! Stacking: this hub registers with a parent hub as a processor and runs
 //! the tasks the parent sends on its own environment adapter plugins.
 //!
-//! The parent sees an ordinary processor; nothing in the protocol tells
+//! To the parent this is an ordinary processor; nothing in the protocol tells
 //! the two apart. Each dispatched task runs as one plugin call, and the
 //! result goes back as one final update. The task's thread lives in the
 //! parent, so the `output` host function finds nothing here.
