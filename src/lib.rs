@@ -7,6 +7,7 @@
 pub mod engine;
 pub mod events;
 pub mod http;
+pub mod metrics;
 pub mod plugin;
 pub mod processors;
 pub mod reload;

@@ -92,6 +92,10 @@ struct ServeArgs {
     /// environment before it fails into its error task; 0 waits forever.
     #[arg(long, env = "TASKHUB_PENDING_TIMEOUT_SECS", default_value_t = 86_400.0)]
     pending_timeout_secs: f64,
+    /// Seconds that requests, plugin calls and processor sessions get to
+    /// finish after SIGTERM or Ctrl-C before the hub exits anyway.
+    #[arg(long, env = "TASKHUB_SHUTDOWN_GRACE_SECS", default_value_t = 10.0)]
+    shutdown_grace_secs: f64,
     /// A parent hub's processor endpoint (e.g. `ws://parent:8080/ws`) to
     /// register with and serve this hub's plugin environments to.
     #[arg(long, env = "TASKHUB_PARENT")]
@@ -176,8 +180,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
     .await?;
     shutdown_signal().await;
-    tracing::info!("shutting down");
-    hub.stop().await
+    hub.stop(Duration::from_secs_f64(args.shutdown_grace_secs.max(0.0)))
+        .await
 }
 
 async fn shutdown_signal() {

@@ -333,6 +333,7 @@ impl Reloader {
             load_ms,
             "plugin loaded"
         );
+        crate::metrics::plugin_loaded(&name);
         self.events.publish(Event::PluginLoaded {
             name,
             version: hash,
@@ -390,6 +391,7 @@ impl Reloader {
             });
             self.record(transaction).await;
         }
+        crate::metrics::plugin_load_failed(name);
         self.registry
             .record_failure(name, file, hash, message.clone());
         self.events.publish(Event::PluginRejected {

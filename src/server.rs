@@ -149,11 +149,24 @@ impl RunningHub {
             start_parent_link(parent, &registry, &host)?;
         }
 
+        let metrics = crate::metrics::install();
+        let upkeep = metrics.clone();
+        tokio::spawn(async move {
+            // Histogram samples wait in buffers until the next upkeep or
+            // scrape; without scrapes they would pile up.
+            let mut ticker = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                ticker.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
         let app = http::router(
             AppState {
                 engine: engine.clone(),
                 registry: registry.clone(),
                 sessions: Arc::new(config.sessions.clone()),
+                metrics: metrics.clone(),
+                openapi: Arc::default(),
             },
             config.max_body_bytes,
         );
@@ -198,14 +211,36 @@ impl RunningHub {
         })
     }
 
-    /// Stops accepting requests, lets those in flight finish, and returns.
+    /// Stops accepting requests and lets requests, plugin calls and
+    /// processor sessions finish within `grace`, then closes the database.
+    /// Work still running at the end is logged; tasks it held stay
+    /// dispatched and run again after a restart.
     ///
     /// # Errors
     ///
     /// Fails when the server task failed.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(self, grace: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + grace;
+        tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
+
+        // Stop accepting, close processor sessions, start nothing new.
+        self.engine.begin_shutdown();
         let _ = self.shutdown.send(());
-        self.server.await??;
+        drop(self._watch);
+        match tokio::time::timeout_at(deadline, self.server).await {
+            Ok(result) => result??,
+            Err(_) => tracing::warn!(
+                "shutdown cut short HTTP requests still running at the end of the grace period"
+            ),
+        }
+
+        // Let plugin calls finish and sessions hand their tasks back.
+        let cut_short = self.engine.wait_idle(deadline).await;
+        for work in &cut_short {
+            tracing::warn!(work = %work, "shutdown cut short; the task runs again after a restart");
+        }
+        self.engine.storage().close().await;
+        tracing::info!(cut_short = cut_short.len(), "hub stopped");
         Ok(())
     }
 }

@@ -66,7 +66,7 @@ pub struct ResolvedDefinition {
 }
 
 /// One node of the menu tree.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MenuNode {
     /// Dotted id.
     pub id: String,
@@ -75,6 +75,7 @@ pub struct MenuNode {
     /// Whether this node can be started.
     pub start: bool,
     /// Nodes one level below.
+    #[schema(no_recursion)]
     pub children: Vec<MenuNode>,
 }
 

@@ -13,6 +13,7 @@ use super::plan::{Instance, Outcome, Plan, Target, ThreadContext, can_dispatch};
 use super::task::{Task, TaskStatus, now_millis};
 use super::{Engine, EngineError, Source, Sweeps, environment_index};
 use crate::events::Event;
+use crate::metrics;
 use crate::plugin::{CallError, LoadedPlugin, RunError, WitTask};
 use crate::processors::{Outbound, PROVIDER_PREFIX, Processor};
 use crate::storage::{Shelf, TaskRecord, WriteError};
@@ -52,6 +53,14 @@ impl Engine {
         if missed {
             tokio::spawn(self.clone().sweep_pending());
         }
+        if self.is_shutting_down() && !dispatches.is_empty() {
+            // The tasks stay dispatched and run again after the restart.
+            tracing::info!(
+                tasks = dispatches.len(),
+                "not starting tasks while shutting down"
+            );
+            return Ok(());
+        }
         for (instance, target) in dispatches {
             match target {
                 Target::Plugin(plugin) => {
@@ -64,11 +73,13 @@ impl Engine {
     }
 
     fn publish(&self, outcome: Outcome) {
+        let entered = matches!(outcome, Outcome::Entered(_));
         match outcome {
             Outcome::Entered(task) | Outcome::Changed(task) => {
                 if task.status != TaskStatus::Dispatched {
                     self.processors.release(&task.instance_id);
                 }
+                record_metrics(&task, entered);
                 log_task(&task);
                 self.events.publish(Event::TaskChanged {
                     task: Box::new(task),
@@ -118,6 +129,9 @@ impl Engine {
     /// Runs a plugin call and applies its result.
     fn call_plugin(self: Arc<Self>, instance: Instance, plugin: Arc<LoadedPlugin>) -> Detached {
         Box::pin(async move {
+            let _running = self
+                .in_flight
+                .call(&instance.task.instance_id, &plugin.name);
             let result = self.host.run(&plugin, &instance.task).await;
             self.apply_plugin_result(instance, &plugin, result).await;
         })
@@ -422,6 +436,30 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+fn record_metrics(task: &Task, entered: bool) {
+    let environment = task.environments.first().map_or("none", String::as_str);
+    if entered {
+        metrics::task_started(&task.id, environment);
+    }
+    if task.status.is_finished() {
+        let created = chrono::DateTime::parse_from_rfc3339(&task.created_at);
+        let ended = task
+            .completed_at
+            .as_deref()
+            .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok());
+        let duration = match (created, ended) {
+            (Ok(created), Some(ended)) => (ended - created).to_std().unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        metrics::task_ended(
+            &task.id,
+            environment,
+            task.status == TaskStatus::Done,
+            duration,
+        );
     }
 }
 

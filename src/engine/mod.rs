@@ -17,6 +17,7 @@ pub mod catalog;
 mod dispatch;
 pub mod merge;
 pub mod plan;
+mod shutdown;
 pub mod task;
 pub mod template;
 
@@ -119,6 +120,10 @@ pub struct Engine {
     /// Serializes the sweeps that hand pending tasks to new providers, so
     /// two sweeps never dispatch one task twice.
     sweep: tokio::sync::Mutex<()>,
+    /// Set once shutdown begins.
+    shutdown: tokio::sync::watch::Sender<bool>,
+    /// Plugin calls and processor sessions still running.
+    in_flight: shutdown::InFlight,
 }
 
 impl Engine {
@@ -137,7 +142,37 @@ impl Engine {
             host,
             events,
             sweep: tokio::sync::Mutex::new(()),
+            shutdown: shutdown::shutdown_channel(),
+            in_flight: shutdown::InFlight::default(),
         })
+    }
+
+    /// Begins shutdown: no new plugin calls or processor sends, and open
+    /// processor sessions are told to close.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Returns a receiver that changes to `true` when shutdown begins.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Registers an open processor session until the guard drops, so
+    /// shutdown waits for it to hand its tasks back.
+    pub fn track_session(&self, session: u64, processor_id: &str) -> shutdown::InFlightGuard<'_> {
+        self.in_flight.session(session, processor_id)
+    }
+
+    /// Waits until no plugin call or processor session runs, or until
+    /// `deadline`; returns what still ran then.
+    pub async fn wait_idle(&self, deadline: tokio::time::Instant) -> Vec<String> {
+        self.in_flight.wait_idle(deadline).await
     }
 
     /// Returns the storage, for reads.

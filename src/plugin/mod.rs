@@ -124,7 +124,7 @@ pub enum CallError {
 }
 
 /// The exports of a plugin version, as shown by `/api/plugins`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Exports {
     /// Ids of the task definitions it declares.
@@ -340,13 +340,22 @@ impl PluginHost {
         };
         let mut store = self.new_store(context);
         let wit_task = to_wit_task(task);
+        let started = Instant::now();
         let result = async {
             let instance = plugin.pre.instantiate_async(&mut store).await?;
             let guest = indices.load(&mut store, &instance)?;
             guest.call_run(&mut store, &wit_task).await
         }
         .await;
-        result.map_err(|err| self.call_error(&plugin.name, &store, err))
+        let result = result.map_err(|err| self.call_error(&plugin.name, &store, err));
+        let trap = match &result {
+            Err(CallError::Deadline { .. }) => Some("deadline"),
+            Err(CallError::Memory { .. }) => Some("memory"),
+            Err(_) => Some("trap"),
+            Ok(_) => None,
+        };
+        crate::metrics::plugin_call(&plugin.name, plugin.short_hash(), started.elapsed(), trap);
+        result
     }
 
     async fn compile(

@@ -33,7 +33,7 @@ impl Snapshot {
 }
 
 /// A load failure as `/api/plugins` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadFailure {
     /// The problem and the fix.
@@ -45,7 +45,7 @@ pub struct LoadFailure {
 }
 
 /// One plugin as `/api/plugins` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginStatus {
     /// Plugin name (the file name without `.wasm`).

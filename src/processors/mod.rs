@@ -89,7 +89,7 @@ impl Processor {
 }
 
 /// A processor as `/api/processors` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessorStatus {
     /// The id it registered.
@@ -168,6 +168,7 @@ impl ProcessorRegistry {
             outbound,
         });
         processors.insert(id.to_owned(), processor.clone());
+        crate::metrics::processors_connected(processors.len());
         Ok((processor, receiver))
     }
 
@@ -181,6 +182,7 @@ impl ProcessorRegistry {
         {
             processors.remove(id);
         }
+        crate::metrics::processors_connected(processors.len());
         drop(processors);
         self.assignments
             .lock()

@@ -89,6 +89,7 @@ pub async fn run(
         tracing::error!(error = %err, "failed to dispatch pending tasks to a new processor");
     }
 
+    let _open = engine.track_session(processor.session, &processor.id);
     let end = serve(&mut socket, &processor, outbound, &engine, &config).await;
     let reason = match end {
         End::Closed => "connection closed",
@@ -215,9 +216,14 @@ async fn serve(
     let mut budget = RateLimit::new(config.messages_per_second);
     let silence_limit = config.heartbeat * 3;
     let mut last_heard = Instant::now();
+    let mut shutdown = engine.shutdown_signal();
 
     loop {
         tokio::select! {
+            _ = shutdown.changed() => {
+                let _ = close(socket, CLOSE_GOING_AWAY, "hub shutting down").await;
+                return End::Dropped("hub shutting down");
+            }
             frame = socket.recv() => {
                 let frame = match frame {
                     None => return End::Closed,

@@ -187,6 +187,13 @@ impl Storage {
         self.writer.commit(transaction).await
     }
 
+    /// Commits what is queued and closes every connection; SQLite
+    /// checkpoints the WAL as the last one closes.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.readers.close().await;
+    }
+
     /// Checks that a read connection responds.
     ///
     /// # Errors
@@ -342,6 +349,23 @@ impl Storage {
         .fetch_all(&self.readers)
         .await?;
         rows.iter().map(task_from_row).collect()
+    }
+
+    /// Returns the number of pending tasks for each environment.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the query fails.
+    pub async fn pending_counts(&self) -> Result<Vec<(String, i64)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT COALESCE(environment, '') AS environment, COUNT(*) AS count \
+             FROM tasks WHERE status = 'pending' GROUP BY environment",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("environment")?, row.try_get("count")?)))
+            .collect()
     }
 
     /// Returns the pending tasks that last changed before `cutoff` (unix

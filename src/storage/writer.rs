@@ -7,6 +7,8 @@
 //! compare-and-swap fails is rolled back to its savepoint alone; the others
 //! in the batch still commit.
 
+use std::sync::{Arc, Mutex};
+
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Executor};
 use tokio::sync::{mpsc, oneshot};
@@ -155,14 +157,31 @@ struct Job {
 #[derive(Clone)]
 pub(super) struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// Closes the queue: the writer commits what is queued, then stops.
+    close: Arc<Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>>,
 }
 
 impl Writer {
     /// Starts the writer task on `connection`, which it owns from now on.
     pub(super) fn spawn(connection: SqliteConnection) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(connection, queue));
-        Self { jobs }
+        let (close, closed) = oneshot::channel();
+        let task = tokio::spawn(run(connection, queue, closed));
+        Self {
+            jobs,
+            close: Arc::new(Mutex::new(Some((close, task)))),
+        }
+    }
+
+    /// Commits every queued transaction, closes the connection, and
+    /// returns once it is closed. Later commits fail with
+    /// [`WriteError::Closed`].
+    pub(super) async fn close(&self) {
+        let taken = self.close.lock().expect("writer lock poisoned").take();
+        if let Some((close, task)) = taken {
+            let _ = close.send(());
+            let _ = task.await;
+        }
     }
 
     pub(super) async fn commit(&self, transaction: Transaction) -> Result<(), WriteError> {
@@ -178,9 +197,30 @@ impl Writer {
     }
 }
 
-async fn run(mut connection: SqliteConnection, mut queue: mpsc::Receiver<Job>) {
+async fn run(
+    mut connection: SqliteConnection,
+    mut queue: mpsc::Receiver<Job>,
+    mut closed: oneshot::Receiver<()>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut closing = false;
+    loop {
+        let received = if closing {
+            queue.recv_many(&mut batch, MAX_BATCH).await
+        } else {
+            tokio::select! {
+                received = queue.recv_many(&mut batch, MAX_BATCH) => received,
+                _ = &mut closed => {
+                    // Refuse new work, then commit what is already queued.
+                    closing = true;
+                    queue.close();
+                    queue.recv_many(&mut batch, MAX_BATCH).await
+                }
+            }
+        };
+        if received == 0 {
+            break;
+        }
         let results = commit_batch(&mut connection, &batch).await;
         for (job, result) in batch.drain(..).zip(results) {
             // A caller that went away no longer needs the result.
@@ -213,6 +253,7 @@ async fn commit_batch(
         return fail_all(err);
     }
 
+    let started = std::time::Instant::now();
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         results.push(apply_isolated(connection, &job.transaction).await);
@@ -223,6 +264,7 @@ async fn commit_batch(
         let _ = connection.execute("ROLLBACK").await;
         return fail_all(err);
     }
+    crate::metrics::write_batch(batch.len(), started.elapsed());
     results
 }
 

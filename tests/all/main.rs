@@ -5,6 +5,7 @@ mod bad_requests;
 mod cli;
 mod faults;
 mod hot_reload;
+mod operations;
 mod processors;
 mod restart;
 mod story;

@@ -165,10 +165,36 @@ impl Hub {
         self.child.id()
     }
 
+    /// Sends SIGTERM and waits up to `limit` for the process to exit;
+    /// returns whether it exited successfully and how long it took.
+    pub fn terminate(mut self, limit: Duration) -> (bool, Duration) {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "failed to send SIGTERM");
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.success(), started.elapsed());
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the hub did not exit within {limit:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// Returns the shared log buffer, which outlives the hub process.
+    pub fn log_handle(&self) -> Arc<Mutex<Vec<String>>> {
+        self.logs.clone()
     }
 
     /// Whether any log line so far contains `text`.

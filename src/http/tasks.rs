@@ -1,24 +1,22 @@
-//! Route handlers. Each translates a request into an engine call or a read
-//! and the result into JSON; none writes task state itself.
+//! Routes that start, read and update tasks and threads. Each translates
+//! the request into an engine call or a read; none writes task state
+//! itself.
 
 use axum::Json;
-use std::net::SocketAddr;
-
-use axum::extract::rejection::PathRejection;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{Method, StatusCode, Uri};
-use axum::response::IntoResponse;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::body::JsonBody;
 use super::error::ApiError;
+use super::schema::{ErrorBody, StartCommand, ThreadList, UpdateCommand};
 use crate::engine::StartRequest;
 use crate::engine::merge::json_kind;
 use crate::engine::task::{Task, rfc3339};
-use crate::processors::session;
 use crate::storage::{TaskRecord, ThreadRecord};
 
 /// Threads per page when `limit` is not given.
@@ -27,50 +25,24 @@ const DEFAULT_PAGE: u32 = 50;
 /// Largest page of threads.
 const MAX_PAGE: u32 = 500;
 
-/// Initial read buffer of a processor's WebSocket.
-const SOCKET_BUFFER_BYTES: usize = 4096;
-
-pub async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state
-        .engine
-        .storage()
-        .ping()
-        .await
-        .map_err(|err| ApiError::internal(&err))?;
-    let plugins = state.registry.snapshot().plugins.len();
-    Ok(Json(
-        json!({ "status": "ok", "database": "ok", "plugins": plugins }),
-    ))
-}
-
-pub async fn taskflows(State(state): State<AppState>) -> impl IntoResponse {
-    Json(state.registry.snapshot().catalog.menu())
-}
-
-pub async fn plugins(State(state): State<AppState>) -> impl IntoResponse {
-    Json(state.registry.statuses())
-}
-
-pub async fn processors(State(state): State<AppState>) -> impl IntoResponse {
-    Json(state.engine.processors().statuses())
-}
-
-pub async fn processor_socket(
-    State(state): State<AppState>,
-    ConnectInfo(address): ConnectInfo<SocketAddr>,
-    upgrade: WebSocketUpgrade,
-) -> impl IntoResponse {
-    let limit = state.sessions.max_message_bytes;
-    // Idle processors are the common case: small buffers that grow with
-    // the traffic keep a thousand of them cheap.
-    upgrade
-        .read_buffer_size(SOCKET_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| session::run(socket, address, state.engine, state.sessions))
-}
-
+/// Starts a thread with a start task.
+///
+/// The answer is the first task as stored. The hub then runs the thread's
+/// tasks on the providers of their environments.
+#[utoipa::path(
+    post,
+    path = "/api/tasks",
+    tag = "tasks",
+    request_body = StartCommand,
+    responses(
+        (status = 201, description = "The thread's first task", body = Task),
+        (status = 400, description = "Not JSON, or not a `start` command", body = ErrorBody),
+        (status = 404, description = "No loaded taskflow defines the id", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "Not a valid start request", body = ErrorBody),
+    )
+)]
 pub async fn start_task(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
@@ -119,6 +91,24 @@ pub async fn start_task(
     Ok((StatusCode::CREATED, Json(started)))
 }
 
+/// Updates a live task: merges the fields, and finishes the task when
+/// `state.done` is true or `error` is set.
+#[utoipa::path(
+    post,
+    path = "/api/tasks/{instanceId}",
+    tag = "tasks",
+    params(("instanceId" = String, Path, description = "The task instance")),
+    request_body = UpdateCommand,
+    responses(
+        (status = 200, description = "The task after the update", body = Task),
+        (status = 400, description = "Not JSON, or not an `update` command", body = ErrorBody),
+        (status = 404, description = "No such task instance", body = ErrorBody),
+        (status = 409, description = "Based on an old version, or the task is finished", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "Not a valid update", body = ErrorBody),
+    )
+)]
 pub async fn update_task(
     State(state): State<AppState>,
     instance_id: Result<Path<String>, PathRejection>,
@@ -133,6 +123,18 @@ pub async fn update_task(
     Ok(Json(updated))
 }
 
+/// Returns one task instance, live or archived.
+#[utoipa::path(
+    get,
+    path = "/api/tasks/{instanceId}",
+    tag = "tasks",
+    params(("instanceId" = String, Path, description = "The task instance")),
+    responses(
+        (status = 200, description = "The task", body = Task),
+        (status = 400, description = "The id is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "No such task instance", body = ErrorBody),
+    )
+)]
 pub async fn get_task(
     State(state): State<AppState>,
     instance_id: Result<Path<String>, PathRejection>,
@@ -149,26 +151,37 @@ pub async fn get_task(
 }
 
 /// One thread with its tasks in order.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ThreadView {
+    /// The thread.
     #[serde(flatten)]
     thread: ThreadSummary,
+    /// Its tasks, in order.
     tasks: Vec<Task>,
 }
 
 /// A thread without its tasks.
-#[derive(Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ThreadSummary {
+    /// The thread.
     thread_id: String,
+    /// The start task that began it.
     start_task_id: String,
+    /// `running`, `done`, or `failed` once it ended after a failure.
     status: String,
+    /// Its first failure.
     error: Option<String>,
+    /// Who started it.
     user_id: Option<String>,
+    /// The group it runs for.
     group_id: Option<String>,
+    /// Task instances so far.
     task_count: i64,
+    /// RFC 3339 time it began.
     created_at: String,
+    /// RFC 3339 time of its last change.
     updated_at: String,
 }
 
@@ -188,6 +201,18 @@ impl From<ThreadRecord> for ThreadSummary {
     }
 }
 
+/// Returns a thread with every task in order, each with its output.
+#[utoipa::path(
+    get,
+    path = "/api/threads/{threadId}",
+    tag = "threads",
+    params(("threadId" = String, Path, description = "The thread")),
+    responses(
+        (status = 200, description = "The thread and its tasks", body = ThreadView),
+        (status = 400, description = "The id is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "No such thread", body = ErrorBody),
+    )
+)]
 pub async fn get_thread(
     State(state): State<AppState>,
     thread_id: Result<Path<String>, PathRejection>,
@@ -214,20 +239,34 @@ pub async fn get_thread(
 }
 
 /// Paging parameters of `GET /api/threads`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ThreadPage {
-    /// Threads per page, 1 to 500.
+    /// Threads per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// Return threads older than this thread id (the `next` of the
     /// previous page).
     before: Option<String>,
 }
 
+/// Lists threads, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/threads",
+    tag = "threads",
+    params(ThreadPage),
+    responses(
+        (status = 200, description = "A page of threads", body = ThreadList),
+        (status = 400, description = "Invalid paging parameters", body = ErrorBody),
+        (status = 404, description = "`before` names no thread", body = ErrorBody),
+    )
+)]
 pub async fn list_threads(
     State(state): State<AppState>,
-    page: Result<Query<ThreadPage>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+    page: Result<Query<ThreadPage>, QueryRejection>,
+) -> Result<Json<ThreadList>, ApiError> {
     let Query(page) = page.map_err(|rejection| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -266,23 +305,8 @@ pub async fn list_threads(
     let next = (threads.len() == limit as usize)
         .then(|| threads.last().map(|thread| thread.thread_id.clone()))
         .flatten();
-    let threads: Vec<ThreadSummary> = threads.into_iter().map(Into::into).collect();
-    Ok(Json(json!({ "threads": threads, "next": next })))
-}
-
-pub async fn not_found(uri: Uri) -> ApiError {
-    ApiError::not_found(format!(
-        "no route for {}; the README lists the API's routes",
-        uri.path()
-    ))
-}
-
-pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("{method} is not allowed on {}", uri.path()),
-    )
+    let threads = threads.into_iter().map(Into::into).collect();
+    Ok(Json(ThreadList { threads, next }))
 }
 
 /// Checks the command envelope and returns its task object.

@@ -1,0 +1,190 @@
+//! Routes about the hub itself: health, the taskflow menu, plugins,
+//! processors and their WebSocket, metrics, and the OpenAPI document.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use axum::Json;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::error::ApiError;
+use super::schema::{ErrorBody, Health};
+use crate::engine::catalog::MenuNode;
+use crate::plugin::PluginStatus;
+use crate::processors::{ProcessorStatus, session};
+
+/// Initial read buffer of a processor's WebSocket.
+const SOCKET_BUFFER_BYTES: usize = 4096;
+
+/// Checks that the hub can read its database.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "hub",
+    responses(
+        (status = 200, description = "The hub serves and its database answers", body = Health),
+        (status = 500, description = "The database cannot be read", body = ErrorBody),
+    )
+)]
+pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    state
+        .engine
+        .storage()
+        .ping()
+        .await
+        .map_err(|err| ApiError::internal(&err))?;
+    Ok(Json(Health {
+        status: "ok".into(),
+        database: "ok".into(),
+        plugins: state.registry.snapshot().plugins.len(),
+    }))
+}
+
+/// Returns the start tasks as a tree, with the nodes above them.
+#[utoipa::path(
+    get,
+    path = "/api/taskflows",
+    tag = "taskflows",
+    responses((status = 200, description = "The menu tree", body = Vec<MenuNode>))
+)]
+pub async fn taskflows(State(state): State<AppState>) -> Json<Vec<MenuNode>> {
+    Json(state.registry.snapshot().catalog.menu())
+}
+
+/// Returns every plugin file the hub has seen: the serving version, what
+/// it exports, and the last load error.
+#[utoipa::path(
+    get,
+    path = "/api/plugins",
+    tag = "plugins",
+    responses((status = 200, description = "The plugins, by name", body = Vec<PluginStatus>))
+)]
+pub async fn plugins(State(state): State<AppState>) -> Json<Vec<PluginStatus>> {
+    Json(state.registry.statuses())
+}
+
+/// Returns the connected processors.
+#[utoipa::path(
+    get,
+    path = "/api/processors",
+    tag = "processors",
+    responses((status = 200, description = "The processors, by id", body = Vec<ProcessorStatus>))
+)]
+pub async fn processors(State(state): State<AppState>) -> Json<Vec<ProcessorStatus>> {
+    Json(state.engine.processors().statuses())
+}
+
+/// Opens a processor connection (WebSocket); `docs/PROCESSORS.md`
+/// describes the protocol.
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "processors",
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol"),
+        (status = 400, description = "Not a valid WebSocket upgrade request", body = ErrorBody),
+        (status = 426, description = "The connection cannot be upgraded", body = ErrorBody),
+    )
+)]
+pub async fn processor_socket(
+    State(state): State<AppState>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            "not_a_websocket",
+            format!(
+                "{}; processors connect here with a WebSocket client",
+                rejection.body_text()
+            ),
+        )
+    })?;
+    let limit = state.sessions.max_message_bytes;
+    // Idle processors are the common case: small buffers that grow with
+    // the traffic keep a thousand of them cheap.
+    Ok(upgrade
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| session::run(socket, address, state.engine, state.sessions)))
+}
+
+/// Renders the metrics in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "hub",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 500, description = "The database cannot be read", body = ErrorBody),
+    )
+)]
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    // Queue depth is read at scrape time; an environment whose queue
+    // emptied is reported as 0 rather than left at its last value.
+    static REPORTED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let counts = state
+        .engine
+        .storage()
+        .pending_counts()
+        .await
+        .map_err(|err| ApiError::internal(&err))?;
+    {
+        let mut reported = REPORTED.lock().expect("metrics lock poisoned");
+        let reported = reported.get_or_insert_with(HashSet::new);
+        for environment in reported.iter() {
+            if !counts.iter().any(|(name, _)| name == environment) {
+                crate::metrics::queue_depth(environment, 0);
+            }
+        }
+        for (environment, count) in &counts {
+            crate::metrics::queue_depth(environment, (*count).max(0) as u64);
+            reported.insert(environment.clone());
+        }
+    }
+    let text = state.metrics.render();
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// Returns this document.
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    tag = "hub",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
+pub async fn openapi(State(state): State<AppState>) -> Response {
+    let document = state.openapi.get().cloned().unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], document).into_response()
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {}; GET /api/openapi.json lists the API's routes",
+        uri.path()
+    ))
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
