@@ -296,10 +296,8 @@ impl Engine {
         source: Source<'_>,
         check_holder: impl FnOnce(&Instance) -> Result<(), EngineError>,
     ) -> Result<Task, EngineError> {
-        let sent = match update.get("version") {
-            Some(Value::Number(number)) if number.as_u64().is_some() => {
-                number.as_u64().unwrap_or(0)
-            }
+        let sent = match update.get("version").map(whole_number) {
+            Some(Some(version)) => version,
             Some(_) => {
                 return Err(EngineError::Invalid(
                     "`version` must be a non-negative integer: the version of the task you last read".into(),
@@ -468,6 +466,17 @@ pub struct Sweeps {
     /// How long a task may wait for a provider before it fails; `None`
     /// waits forever.
     pub pending_timeout: Option<Duration>,
+}
+
+/// Returns a JSON number that is a non-negative whole number (`3` or
+/// `3.0`, as JSON Schema's `integer` allows) as a `u64`.
+fn whole_number(value: &Value) -> Option<u64> {
+    let number = value.as_number()?;
+    if let Some(whole) = number.as_u64() {
+        return Some(whole);
+    }
+    let float = number.as_f64()?;
+    (float >= 0.0 && float.fract() == 0.0 && float <= u64::MAX as f64).then_some(float as u64)
 }
 
 /// Returns the position of the task's current environment in its list.

@@ -59,7 +59,6 @@ pub struct StartTask {
     #[schema(example = "examples.story.start", min_length = 1)]
     pub id: String,
     /// Input of the task; any JSON value.
-    #[schema(value_type = Option<Object>)]
     pub input: Option<Value>,
 }
 
@@ -73,24 +72,21 @@ pub struct UpdateCommand {
     pub task: TaskUpdate,
 }
 
-/// The task of an update request. Fields the hub owns (`id`, `threadId`,
-/// `input`, `config`, ...) may be sent too, with their current value.
+/// The task of an update request. The fields the hub owns may be sent
+/// too, but only with their current value, so a client can send back the
+/// whole task it read.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskUpdate {
     /// The version of the task the update is based on.
     pub version: u64,
     /// Merged into the task's state; `{"done": true}` finishes the task.
-    #[schema(value_type = Option<Object>)]
     pub state: Option<Value>,
     /// Merged into the task's output.
-    #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
     /// Merged into the task's request.
-    #[schema(value_type = Option<Object>)]
     pub request: Option<Value>,
     /// Merged into the task's response.
-    #[schema(value_type = Option<Object>)]
     pub response: Option<Value>,
     /// Fails the task with this message.
     pub error: Option<String>,
@@ -99,8 +95,35 @@ pub struct TaskUpdate {
     /// A verb for the hub, stored and passed along.
     pub command: Option<String>,
     /// Arguments of `command`.
-    #[schema(value_type = Option<Object>)]
     pub command_args: Option<Value>,
+    /// Hub-owned: the task definition id.
+    pub id: Option<String>,
+    /// Hub-owned: the instance id; must match the path.
+    pub instance_id: Option<String>,
+    /// Hub-owned: the thread.
+    pub thread_id: Option<String>,
+    /// Hub-owned: the previous instance.
+    pub parent_instance_id: Option<String>,
+    /// Hub-owned: who started the thread.
+    pub user_id: Option<String>,
+    /// Hub-owned: the thread's group.
+    pub group_id: Option<String>,
+    /// Hub-owned: environments the task needs.
+    pub environments: Option<Vec<String>>,
+    /// Hub-owned: the current environment.
+    pub environment: Option<String>,
+    /// Hub-owned: the lifecycle status.
+    pub status: Option<crate::engine::task::TaskStatus>,
+    /// Hub-owned: the task's input.
+    pub input: Option<Value>,
+    /// Hub-owned: the task's config.
+    pub config: Option<Value>,
+    /// Hub-owned: RFC 3339 creation time.
+    pub created_at: Option<String>,
+    /// Hub-owned: RFC 3339 time of the last change.
+    pub updated_at: Option<String>,
+    /// Hub-owned: RFC 3339 time the task finished.
+    pub completed_at: Option<String>,
 }
 
 /// Body of `GET /healthz`.
