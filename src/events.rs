@@ -48,6 +48,20 @@ pub enum Event {
         /// What was wrong.
         error: String,
     },
+    /// A processor registered.
+    #[serde(rename_all = "camelCase")]
+    ProcessorJoined {
+        /// Its id.
+        processor_id: String,
+        /// Environments it serves.
+        environments: Vec<String>,
+    },
+    /// A processor's connection ended.
+    #[serde(rename_all = "camelCase")]
+    ProcessorLeft {
+        /// Its id.
+        processor_id: String,
+    },
     /// A plugin was unloaded because its file was removed.
     #[serde(rename_all = "camelCase")]
     PluginUnloaded {

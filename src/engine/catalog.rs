@@ -79,6 +79,45 @@ pub struct MenuNode {
     pub children: Vec<MenuNode>,
 }
 
+/// The tasks of one taskflow and the edges between them, for drawing.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskflowGraph {
+    /// The taskflow's id, a prefix of its tasks' ids.
+    pub id: String,
+    /// Its label.
+    pub label: String,
+    /// Its tasks, in declaration order, and the targets of its edges.
+    pub tasks: Vec<GraphTask>,
+    /// `next` and `error` edges between tasks.
+    pub edges: Vec<GraphEdge>,
+}
+
+/// A task in a [`TaskflowGraph`].
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphTask {
+    /// Dotted id.
+    pub id: String,
+    /// Name shown in menus.
+    pub label: String,
+    /// Whether users may start a thread with it.
+    pub start: bool,
+    /// Environments it needs.
+    pub environments: Vec<String>,
+}
+
+/// An edge in a [`TaskflowGraph`].
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct GraphEdge {
+    /// The task the edge leaves.
+    pub from: String,
+    /// The task it leads to.
+    pub to: String,
+    /// `next` (when done) or `error` (when failed).
+    pub kind: String,
+}
+
 /// Why a plugin's definitions cannot join the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CatalogError {
@@ -195,6 +234,88 @@ impl Catalog {
         self.order.iter().map(String::as_str)
     }
 
+    /// Returns the graph of the taskflow `id`: every task whose id starts
+    /// with `id.`, the tasks its edges lead to, and the edges. `None` when
+    /// no task is below `id`.
+    pub fn graph(&self, id: &str) -> Option<TaskflowGraph> {
+        let prefix = format!("{id}.");
+        let members: Vec<&ResolvedDefinition> = self
+            .order
+            .iter()
+            .filter(|task_id| task_id.starts_with(&prefix))
+            .map(|task_id| &self.resolved[task_id])
+            .filter(|definition| !self.is_label_node(definition))
+            .collect();
+        if members.is_empty() {
+            return None;
+        }
+
+        let mut edges = Vec::new();
+        for definition in &members {
+            if let Some(next) = &definition.next_task {
+                edges.push(GraphEdge {
+                    from: definition.id.clone(),
+                    to: next.clone(),
+                    kind: "next".into(),
+                });
+            }
+            if let Some(error) = self.error_target(definition) {
+                edges.push(GraphEdge {
+                    from: definition.id.clone(),
+                    to: error,
+                    kind: "error".into(),
+                });
+            }
+        }
+
+        let mut tasks: Vec<GraphTask> = members
+            .iter()
+            .map(|definition| graph_task(definition))
+            .collect();
+        for edge in &edges {
+            if !tasks.iter().any(|task| task.id == edge.to) {
+                tasks.push(match self.resolved.get(&edge.to) {
+                    Some(definition) => graph_task(definition),
+                    None => GraphTask {
+                        id: edge.to.clone(),
+                        label: format!("{} (not loaded)", edge.to),
+                        start: false,
+                        environments: Vec::new(),
+                    },
+                });
+            }
+        }
+        Some(TaskflowGraph {
+            id: id.to_owned(),
+            label: self.label(id),
+            tasks,
+            edges,
+        })
+    }
+
+    /// Returns where a failure of `definition` leads: `config.errorTask`,
+    /// the definition's error task, or the nearest `*.error`.
+    fn error_target(&self, definition: &ResolvedDefinition) -> Option<String> {
+        definition
+            .config
+            .get("errorTask")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| definition.error_task.clone())
+            .or_else(|| {
+                self.nearest_error_task(&definition.id)
+                    .map(|target| target.id.clone())
+            })
+    }
+
+    /// Whether a definition only groups and labels the ids below it.
+    fn is_label_node(&self, definition: &ResolvedDefinition) -> bool {
+        let prefix = format!("{}.", definition.id);
+        !definition.start
+            && definition.next_task.is_none()
+            && self.order.iter().any(|id| id.starts_with(&prefix))
+    }
+
     /// Returns the menu: every start definition and the nodes above it.
     pub fn menu(&self) -> Vec<MenuNode> {
         let mut roots: Vec<MenuNode> = Vec::new();
@@ -284,6 +405,15 @@ pub fn is_valid_id(id: &str) -> bool {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         })
+}
+
+fn graph_task(definition: &ResolvedDefinition) -> GraphTask {
+    GraphTask {
+        id: definition.id.clone(),
+        label: definition.label.clone(),
+        start: definition.start,
+        environments: definition.environments.clone(),
+    }
 }
 
 fn resolve(
@@ -463,6 +593,52 @@ mod tests {
             Catalog::build([("story", first.as_slice()), ("poem", second.as_slice())]).unwrap();
         assert_eq!(catalog.menu()[0].label, "Examples");
         assert_eq!(catalog.menu()[0].children.len(), 2);
+    }
+
+    #[test]
+    fn graph_has_next_and_error_edges() {
+        let definitions = vec![
+            label("flow", "Flow"),
+            Definition {
+                start: true,
+                environments: Some(vec![]),
+                next_task: Some("flow.check".into()),
+                ..label("flow.start", "Start")
+            },
+            Definition {
+                config: Some(json!({"errorTask": "flow.recover"})),
+                environments: Some(vec!["checker".into()]),
+                next_task: Some("other.end".into()),
+                ..label("flow.check", "Check")
+            },
+            label("flow.recover", "Recover"),
+            label("flow.error", "Failed"),
+        ];
+        let catalog = Catalog::build([("flow", definitions.as_slice())]).unwrap();
+        let graph = catalog.graph("flow").unwrap();
+        assert_eq!(graph.label, "Flow");
+        let ids: Vec<&str> = graph.tasks.iter().map(|task| task.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "flow.start",
+                "flow.check",
+                "flow.recover",
+                "flow.error",
+                "other.end"
+            ]
+        );
+        assert_eq!(graph.tasks[4].label, "other.end (not loaded)");
+        let edges: Vec<(&str, &str, &str)> = graph
+            .edges
+            .iter()
+            .map(|edge| (edge.from.as_str(), edge.to.as_str(), edge.kind.as_str()))
+            .collect();
+        assert!(edges.contains(&("flow.start", "flow.check", "next")));
+        assert!(edges.contains(&("flow.start", "flow.error", "error")));
+        assert!(edges.contains(&("flow.check", "flow.recover", "error")));
+        assert!(edges.contains(&("flow.check", "other.end", "next")));
+        assert!(catalog.graph("nothing").is_none());
     }
 
     #[test]

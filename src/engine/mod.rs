@@ -180,6 +180,11 @@ impl Engine {
         &self.storage
     }
 
+    /// Returns the event stream.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
     /// Returns the connected processors.
     pub fn processors(&self) -> &Arc<ProcessorRegistry> {
         &self.processors

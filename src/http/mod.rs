@@ -6,9 +6,11 @@
 
 mod body;
 mod error;
+mod live;
 mod schema;
 mod system;
 mod tasks;
+mod ui;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -64,7 +66,8 @@ pub struct AppState {
         (name = "taskflows", description = "The start tasks users can launch"),
         (name = "plugins", description = "Loaded plugin components"),
         (name = "processors", description = "Remote processors over WebSocket"),
-        (name = "hub", description = "Health, metrics and this document"),
+        (name = "hub", description = "Health, metrics, events and this document"),
+        (name = "ui", description = "The browser UI"),
     )
 )]
 struct ApiDoc;
@@ -76,7 +79,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .routes(routes!(system::health))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi))
+        .routes(routes!(ui::index))
+        .routes(routes!(ui::script))
+        .routes(routes!(ui::style))
+        .routes(routes!(live::events))
         .routes(routes!(system::taskflows))
+        .routes(routes!(system::taskflow_graph))
         .routes(routes!(system::plugins))
         .routes(routes!(system::processors))
         .routes(routes!(system::processor_socket))

@@ -6,16 +6,17 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
 use super::schema::{ErrorBody, Health};
-use crate::engine::catalog::MenuNode;
+use crate::engine::catalog::{MenuNode, TaskflowGraph};
 use crate::plugin::PluginStatus;
 use crate::processors::{ProcessorStatus, session};
 
@@ -55,6 +56,43 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 )]
 pub async fn taskflows(State(state): State<AppState>) -> Json<Vec<MenuNode>> {
     Json(state.registry.snapshot().catalog.menu())
+}
+
+/// Returns the tasks of one taskflow and the `next` and `error` edges
+/// between them, for drawing the flow.
+#[utoipa::path(
+    get,
+    path = "/api/taskflows/{taskflowId}",
+    tag = "taskflows",
+    params(("taskflowId" = String, Path, description = "A taskflow id, e.g. `examples.story`")),
+    responses(
+        (status = 200, description = "The taskflow's graph", body = TaskflowGraph),
+        (status = 400, description = "The id is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "No loaded task is below this id", body = ErrorBody),
+    )
+)]
+pub async fn taskflow_graph(
+    State(state): State<AppState>,
+    taskflow_id: Result<Path<String>, PathRejection>,
+) -> Result<Json<TaskflowGraph>, ApiError> {
+    let taskflow_id = taskflow_id.map(|Path(id)| id).map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            rejection.body_text(),
+        )
+    })?;
+    state
+        .registry
+        .snapshot()
+        .catalog
+        .graph(&taskflow_id)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no loaded task is below {taskflow_id}; GET /api/taskflows lists the taskflows"
+            ))
+        })
 }
 
 /// Returns every plugin file the hub has seen: the serving version, what

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use super::protocol::{self, Inbound, Outbound};
 use super::{Processor, RegisterError};
 use crate::engine::{Engine, EngineError};
+use crate::events::Event;
 use crate::plugin::is_valid_environment;
 
 /// WebSocket close code for a policy violation (RFC 6455, 7.4.1).
@@ -85,6 +86,10 @@ pub async fn run(
         %address,
         "processor registered"
     );
+    engine.events().publish(Event::ProcessorJoined {
+        processor_id: processor.id.clone(),
+        environments: processor.environments.clone(),
+    });
     if let Err(err) = engine.dispatch_pending().await {
         tracing::error!(error = %err, "failed to dispatch pending tasks to a new processor");
     }
@@ -101,6 +106,9 @@ pub async fn run(
     // back the ones it held, then free the id for a reconnection.
     engine.processor_left(&processor).await;
     engine.processors().remove(&processor.id, processor.session);
+    engine.events().publish(Event::ProcessorLeft {
+        processor_id: processor.id.clone(),
+    });
 }
 
 /// Waits for a valid `register` and returns the registered processor.

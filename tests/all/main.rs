@@ -2,6 +2,7 @@
 //! example components. One test binary, so everything links once.
 
 mod bad_requests;
+mod browser;
 mod cli;
 mod faults;
 mod hot_reload;
@@ -10,4 +11,5 @@ mod processors;
 mod restart;
 mod story;
 mod support;
+mod ui;
 mod user_step;

@@ -10,6 +10,11 @@ use crate::support::{Hub, HubFiles, TestProcessor};
 
 /// Every route the router serves, as (method, path).
 const ROUTES: &[(&str, &str)] = &[
+    ("get", "/"),
+    ("get", "/ui/app.js"),
+    ("get", "/ui/app.css"),
+    ("get", "/api/events"),
+    ("get", "/api/taskflows/{taskflowId}"),
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/api/openapi.json"),
