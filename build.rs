@@ -2,7 +2,7 @@
 //! them into `plugins/`, so `cargo run` starts the hub with them loaded.
 //!
 //! The components are also kept, with the `faults` test fixture in two
-//! variants, in `$OUT_DIR/components`; the integration tests find that
+//! variants and the `echo` benchmark fixture, in `$OUT_DIR/components`; the integration tests find that
 //! folder through the `TASKHUB_TEST_COMPONENTS` variable set here.
 
 use std::path::{Path, PathBuf};
@@ -34,6 +34,7 @@ fn main() {
         copy_if_changed(&built.join(file), &components.join(format!("{name}.wasm")));
     }
     copy_if_changed(&built.join("faults.wasm"), &components.join("faults.wasm"));
+    copy_if_changed(&built.join("echo.wasm"), &components.join("echo.wasm"));
 
     // The second variant of the fixture, for the hot-reload tests.
     build_guests(

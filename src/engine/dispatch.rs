@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::plan::{Instance, Outcome, Plan, Target, ThreadContext, can_dispatch};
+use super::plan::{Instance, Outcome, Plan, Target, can_dispatch};
 use super::task::{Task, TaskStatus, now_millis};
 use super::{Engine, EngineError, Source, Sweeps, environment_index};
 use crate::events::Event;
@@ -232,7 +232,7 @@ impl Engine {
             ))
         })?;
         let snapshot = self.plugins.snapshot();
-        let thread = self.thread_context(&instance.task).await?;
+        let thread = super::thread_of(&instance.task);
         let index = environment_index(&instance.task);
         let expected = instance.task.version as i64;
         let mut plan = Plan::new(
@@ -372,12 +372,7 @@ impl Engine {
             ))
         })?;
         let snapshot = self.plugins.snapshot();
-        let thread = ThreadContext {
-            thread_id: instance.task.thread_id.clone(),
-            user_id: instance.task.user_id.clone(),
-            group_id: instance.task.group_id.clone(),
-            error: None,
-        };
+        let thread = super::thread_of(&instance.task);
         let expected = instance.task.version as i64;
         let mut plan = Plan::new(
             self.providers(&snapshot),

@@ -219,7 +219,6 @@ impl Engine {
             thread_id: uuid::Uuid::now_v7().to_string(),
             user_id: request.user_id,
             group_id: request.group_id,
-            error: None,
         };
         let mut plan = Plan::new(
             self.providers(&snapshot),
@@ -228,7 +227,7 @@ impl Engine {
             now_millis(),
         );
         plan.insert_thread(&definition.id);
-        let first = plan.enter(&definition, request.input, None, 1);
+        let first = plan.enter(&definition, request.input, None, 1, false);
         plan.finish_thread();
         self.execute(plan).await?;
         Ok(first.task)
@@ -381,8 +380,8 @@ impl Engine {
             return self.fail(updated, expected, error).await;
         }
         let snapshot = self.plugins.snapshot();
-        let thread = self.thread_context(&updated.task).await?;
-        let outputs = if updated.task.is_done() {
+        let thread = thread_of(&updated.task);
+        let outputs = if updated.task.is_done() && next_needs_outputs(&snapshot, &updated.task) {
             self.thread_outputs(&updated.task.thread_id).await?
         } else {
             HashMap::new()
@@ -418,7 +417,7 @@ impl Engine {
         message: String,
     ) -> Result<Task, EngineError> {
         let snapshot = self.plugins.snapshot();
-        let thread = self.thread_context(&instance.task).await?;
+        let thread = thread_of(&instance.task);
         let outputs = self.thread_outputs(&instance.task.thread_id).await?;
         let mut plan = Plan::new(self.providers(&snapshot), thread, outputs, now_millis());
         let task = plan.fail(instance, Some(expected), message).task;
@@ -432,20 +431,6 @@ impl Engine {
             plugins: snapshot,
             processors: &self.processors,
         }
-    }
-
-    async fn thread_context(&self, task: &Task) -> Result<ThreadContext, EngineError> {
-        let error = self
-            .storage
-            .thread(&task.thread_id)
-            .await?
-            .and_then(|thread| thread.error);
-        Ok(ThreadContext {
-            thread_id: task.thread_id.clone(),
-            user_id: task.user_id.clone(),
-            group_id: task.group_id.clone(),
-            error,
-        })
     }
 
     async fn thread_outputs(&self, thread_id: &str) -> Result<HashMap<String, Value>, EngineError> {
@@ -482,6 +467,28 @@ fn whole_number(value: &Value) -> Option<u64> {
     }
     let float = number.as_f64()?;
     (float >= 0.0 && float.fract() == 0.0 && float <= u64::MAX as f64).then_some(float as u64)
+}
+
+/// Returns the thread a task belongs to, as plans need it.
+fn thread_of(task: &Task) -> ThreadContext {
+    ThreadContext {
+        thread_id: task.thread_id.clone(),
+        user_id: task.user_id.clone(),
+        group_id: task.group_id.clone(),
+    }
+}
+
+/// Whether finishing `task` enters a next task that needs the thread's
+/// outputs: one whose config has templates, or one that needs no
+/// environment and so runs on in the same plan. Other completions skip
+/// reading the outputs.
+fn next_needs_outputs(snapshot: &Snapshot, task: &Task) -> bool {
+    let Some(next) = &task.next_task else {
+        return false;
+    };
+    snapshot.catalog.get(next).is_some_and(|definition| {
+        definition.environments.is_empty() || template::has_templates(&definition.config)
+    })
 }
 
 /// Returns the position of the task's current environment in its list.

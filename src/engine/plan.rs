@@ -58,6 +58,10 @@ pub struct Instance {
     pub created_ms: i64,
     /// The provider running it while dispatched, e.g. `plugin:llm-mock`.
     pub provider: Option<String>,
+    /// Whether it runs after a failure in its thread: it is an error task
+    /// or follows one. Its own failure then ends the thread, so error
+    /// tasks cannot loop, and the thread ends as failed.
+    pub after_failure: bool,
 }
 
 impl Instance {
@@ -72,6 +76,7 @@ impl Instance {
             environment: self.task.environment.clone(),
             provider: self.provider.clone(),
             version: self.task.version as i64,
+            after_failure: self.after_failure,
             body: serde_json::to_string(&self.task).expect("a task always serializes"),
             created_at: self.created_ms,
             updated_at: updated_ms,
@@ -89,6 +94,7 @@ impl Instance {
             seq: record.seq,
             created_ms: record.created_at,
             provider: record.provider.clone(),
+            after_failure: record.after_failure,
         })
     }
 }
@@ -162,10 +168,6 @@ pub struct ThreadContext {
     pub user_id: Option<String>,
     /// The group it runs for.
     pub group_id: Option<String>,
-    /// The thread's first failure before this plan, if any. A failure in a
-    /// thread that already failed ends it instead of entering another
-    /// error task, so error tasks cannot loop.
-    pub error: Option<String>,
 }
 
 /// A change a plan logs and publishes once it is committed.
@@ -193,6 +195,9 @@ pub struct Plan<'a> {
     steps: usize,
     last_seq: i64,
     first_error: Option<String>,
+    /// Whether this plan inserts the thread's row, so its progress goes
+    /// into that insert instead of a separate update.
+    inserts_thread: bool,
     /// Rows to commit.
     pub transaction: Transaction,
     /// Plugin calls to start once the transaction is committed.
@@ -217,6 +222,7 @@ impl<'a> Plan<'a> {
             steps: 0,
             last_seq: 0,
             first_error: None,
+            inserts_thread: false,
             transaction: Transaction::new(),
             dispatches: Vec::new(),
             outcomes: Vec::new(),
@@ -225,6 +231,7 @@ impl<'a> Plan<'a> {
 
     /// Adds the row of a new thread that starts with `start_task_id`.
     pub fn insert_thread(&mut self, start_task_id: &str) {
+        self.inserts_thread = true;
         self.transaction.push(Write::InsertThread(ThreadRecord {
             thread_id: self.thread.thread_id.clone(),
             start_task_id: start_task_id.to_owned(),
@@ -246,6 +253,7 @@ impl<'a> Plan<'a> {
         input: Value,
         parent: Option<&str>,
         seq: i64,
+        after_failure: bool,
     ) -> Instance {
         self.steps += 1;
         self.last_seq = self.last_seq.max(seq);
@@ -279,6 +287,7 @@ impl<'a> Plan<'a> {
             seq,
             created_ms: self.now,
             provider: None,
+            after_failure,
         };
         tracing::debug!(task_id = %definition.id, seq, "entering task");
 
@@ -415,7 +424,7 @@ impl<'a> Plan<'a> {
             .insert(instance.task.id.clone(), output.clone());
 
         match instance.task.next_task.clone() {
-            None => self.end_thread(),
+            None => self.end_thread(instance.after_failure),
             Some(next) => match self.providers.plugins.catalog.get(&next).cloned() {
                 Some(definition) => {
                     self.enter(
@@ -423,6 +432,7 @@ impl<'a> Plan<'a> {
                         output,
                         Some(&instance.task.instance_id),
                         instance.seq + 1,
+                        instance.after_failure,
                     );
                 }
                 None => {
@@ -432,7 +442,7 @@ impl<'a> Plan<'a> {
                         instance.task.id
                     );
                     self.record_error(message);
-                    self.end_thread();
+                    self.end_thread(instance.after_failure);
                 }
             },
         }
@@ -450,18 +460,19 @@ impl<'a> Plan<'a> {
     ) -> Instance {
         instance.task.error = Some(message.clone());
         self.finish(&mut instance, TaskStatus::Failed, expected_version);
-        let thread_had_failed = self.thread.error.is_some();
         self.record_error(message.clone());
 
-        if thread_had_failed {
-            self.end_thread();
+        // A failure after a failure ends the thread: error tasks never
+        // start error tasks.
+        if instance.after_failure {
+            self.end_thread(true);
             return instance;
         }
         let target = self.error_task_for(&instance.task);
         let Some(definition) =
             target.and_then(|id| self.providers.plugins.catalog.get(&id).cloned())
         else {
-            self.end_thread();
+            self.end_thread(true);
             return instance;
         };
         let input = json!({
@@ -472,13 +483,12 @@ impl<'a> Plan<'a> {
                 "input": instance.task.input,
             },
         });
-        // The error task runs in a thread that has now failed once.
-        self.thread.error = self.first_error.clone();
         self.enter(
             &definition,
             input,
             Some(&instance.task.instance_id),
             instance.seq + 1,
+            true,
         );
         instance
     }
@@ -540,8 +550,8 @@ impl<'a> Plan<'a> {
         }
     }
 
-    fn end_thread(&mut self) {
-        let failed = self.thread.error.is_some() || self.first_error.is_some();
+    fn end_thread(&mut self, after_failure: bool) {
+        let failed = after_failure || self.first_error.is_some();
         let status = if failed { "failed" } else { "done" };
         self.outcomes.push(Outcome::ThreadEnded {
             thread_id: self.thread.thread_id.clone(),
@@ -562,11 +572,24 @@ impl<'a> Plan<'a> {
     }
 
     fn push_thread_update(&mut self, status: &str) {
+        let error = self.first_error.clone();
+        let task_count = self.last_seq;
+        // A thread inserted by this plan gets its progress in the insert.
+        if self.inserts_thread {
+            for write in self.transaction.writes_mut() {
+                if let Write::InsertThread(thread) = write {
+                    thread.status = status.to_owned();
+                    thread.error = error;
+                    thread.task_count = task_count;
+                    return;
+                }
+            }
+        }
         self.transaction.push(Write::UpdateThread {
             thread_id: self.thread.thread_id.clone(),
             status: status.to_owned(),
-            error: self.first_error.clone(),
-            task_count: self.last_seq,
+            error,
+            task_count,
             at: self.now,
         });
     }

@@ -31,13 +31,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 macro_rules! select_live {
     () => {
         "SELECT instance_id, thread_id, seq, task_id, status, environment, provider, version, \
-         body, created_at, updated_at FROM tasks"
+         after_failure, body, created_at, updated_at FROM tasks"
     };
 }
 macro_rules! select_archive {
     () => {
         "SELECT instance_id, thread_id, seq, task_id, status, NULL AS environment, \
-         NULL AS provider, version, body, created_at, completed_at AS updated_at FROM archive"
+         NULL AS provider, version, 0 AS after_failure, body, created_at, \
+         completed_at AS updated_at FROM archive"
     };
 }
 macro_rules! select_thread {
@@ -93,6 +94,9 @@ pub struct TaskRecord {
     pub provider: Option<String>,
     /// Version of the task, increased by every accepted update.
     pub version: i64,
+    /// Whether the task runs after a failure in its thread. Always false
+    /// for archived rows, which do not keep it.
+    pub after_failure: bool,
     /// The task as JSON.
     pub body: String,
     /// Unix milliseconds.
@@ -419,6 +423,7 @@ fn task_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord, StorageErr
         environment: row.try_get("environment")?,
         provider: row.try_get("provider")?,
         version: row.try_get("version")?,
+        after_failure: row.try_get("after_failure")?,
         body: row.try_get("body")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -467,6 +472,7 @@ mod tests {
             environment: Some("user".into()),
             provider: None,
             version,
+            after_failure: false,
             body: format!("{{\"version\": {version}}}"),
             created_at: 1,
             updated_at: 1,

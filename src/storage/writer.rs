@@ -122,6 +122,11 @@ impl Transaction {
         &self.writes
     }
 
+    /// Returns the changes in order, to adjust them before the commit.
+    pub fn writes_mut(&mut self) -> &mut [Write] {
+        &mut self.writes
+    }
+
     /// Returns whether the transaction changes nothing.
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
@@ -234,38 +239,117 @@ async fn run(
 
 /// Runs every job of the batch in one SQLite transaction and returns one
 /// result per job.
+///
+/// A job whose only compare-and-swap is its first write runs without a
+/// savepoint: if that write fails, nothing of the job was written. Should
+/// any later write of such a job fail (which only a broken database
+/// causes), the whole batch is rolled back and run again with a savepoint
+/// around every job.
 async fn commit_batch(
     connection: &mut SqliteConnection,
     batch: &[Job],
 ) -> Vec<Result<(), WriteError>> {
-    let fail_all = |err: sqlx::Error| {
-        let message = err.to_string();
-        batch
-            .iter()
-            .map(|_| Err(WriteError::Database(message.clone())))
-            .collect()
-    };
+    match run_batch(connection, batch, false).await {
+        Ok(results) => results,
+        Err(BatchError::Retry) => match run_batch(connection, batch, true).await {
+            Ok(results) => results,
+            Err(BatchError::Retry) => unreachable!("a careful batch never asks for a retry"),
+            Err(BatchError::Failed(message)) => fail_all(batch, message),
+        },
+        Err(BatchError::Failed(message)) => fail_all(batch, message),
+    }
+}
 
+enum BatchError {
+    /// A job failed half way without a savepoint; run the batch again
+    /// with savepoints.
+    Retry,
+    /// The batch could not begin or commit.
+    Failed(String),
+}
+
+fn fail_all(batch: &[Job], message: String) -> Vec<Result<(), WriteError>> {
+    batch
+        .iter()
+        .map(|_| Err(WriteError::Database(message.clone())))
+        .collect()
+}
+
+async fn run_batch(
+    connection: &mut SqliteConnection,
+    batch: &[Job],
+    careful: bool,
+) -> Result<Vec<Result<(), WriteError>>, BatchError> {
     // IMMEDIATE takes the write lock now, so a busy database makes this
     // wait on busy_timeout instead of failing half way through.
     if let Err(err) = connection.execute("BEGIN IMMEDIATE").await {
         tracing::error!(error = %err, "failed to begin a write transaction");
-        return fail_all(err);
+        return Err(BatchError::Failed(err.to_string()));
     }
 
     let started = std::time::Instant::now();
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        results.push(apply_isolated(connection, &job.transaction).await);
+        let result = if careful || needs_savepoint(&job.transaction) {
+            apply_isolated(connection, &job.transaction).await
+        } else {
+            match apply_unguarded(connection, &job.transaction).await {
+                Unguarded::Done(result) => result,
+                Unguarded::Dirty(err) => {
+                    tracing::warn!(error = %err, "a write failed half way; running the batch again with savepoints");
+                    let _ = connection.execute("ROLLBACK").await;
+                    return Err(BatchError::Retry);
+                }
+            }
+        };
+        results.push(result);
     }
 
     if let Err(err) = connection.execute("COMMIT").await {
         tracing::error!(error = %err, batch = batch.len(), "failed to commit a write batch");
         let _ = connection.execute("ROLLBACK").await;
-        return fail_all(err);
+        return Err(BatchError::Failed(err.to_string()));
     }
     crate::metrics::write_batch(batch.len(), started.elapsed());
-    results
+    Ok(results)
+}
+
+/// Whether a job needs a savepoint: it has a compare-and-swap after its
+/// first write, which could fail after earlier writes were made.
+fn needs_savepoint(transaction: &Transaction) -> bool {
+    transaction.writes().iter().skip(1).any(|write| {
+        matches!(
+            write,
+            Write::ReplaceTask { .. }
+                | Write::ArchiveTask {
+                    expected_version: Some(_),
+                    ..
+                }
+        )
+    })
+}
+
+enum Unguarded {
+    /// The job committed, or failed at its first write with nothing written.
+    Done(Result<(), WriteError>),
+    /// A later write failed; the job is half written.
+    Dirty(WriteError),
+}
+
+async fn apply_unguarded(
+    connection: &mut SqliteConnection,
+    transaction: &Transaction,
+) -> Unguarded {
+    for (index, write) in transaction.writes().iter().enumerate() {
+        if let Err(err) = apply(connection, write).await {
+            return if index == 0 {
+                Unguarded::Done(Err(err))
+            } else {
+                Unguarded::Dirty(err)
+            };
+        }
+    }
+    Unguarded::Done(Ok(()))
 }
 
 /// Applies one transaction behind a savepoint and rolls it back alone if
@@ -346,8 +430,8 @@ async fn apply(connection: &mut SqliteConnection, write: &Write) -> Result<(), W
         Write::InsertTask(task) => {
             sqlx::query(
                 "INSERT INTO tasks (instance_id, thread_id, seq, task_id, status, environment, \
-                 provider, version, body, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 provider, version, after_failure, body, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&task.instance_id)
             .bind(&task.thread_id)
@@ -357,6 +441,7 @@ async fn apply(connection: &mut SqliteConnection, write: &Write) -> Result<(), W
             .bind(&task.environment)
             .bind(&task.provider)
             .bind(task.version)
+            .bind(task.after_failure)
             .bind(&task.body)
             .bind(task.created_at)
             .bind(task.updated_at)
@@ -370,12 +455,13 @@ async fn apply(connection: &mut SqliteConnection, write: &Write) -> Result<(), W
         } => {
             let done = sqlx::query(
                 "UPDATE tasks SET status = ?, environment = ?, provider = ?, version = ?, \
-                 body = ?, updated_at = ? WHERE instance_id = ? AND version = ?",
+                 after_failure = ?, body = ?, updated_at = ? WHERE instance_id = ? AND version = ?",
             )
             .bind(&record.status)
             .bind(&record.environment)
             .bind(&record.provider)
             .bind(record.version)
+            .bind(record.after_failure)
             .bind(&record.body)
             .bind(record.updated_at)
             .bind(&record.instance_id)

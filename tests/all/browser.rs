@@ -82,13 +82,22 @@ impl Browser {
 
     /// Waits for an element matching the CSS selector.
     pub async fn find(&self, selector: &str) -> fantoccini::elements::Element {
-        match self.client.wait().at_most(PATIENCE).for_element(Locator::Css(selector)).await {
+        match self
+            .client
+            .wait()
+            .at_most(PATIENCE)
+            .for_element(Locator::Css(selector))
+            .await
+        {
             Ok(element) => element,
             Err(err) => {
                 // Keep what the page showed, for whoever reads the failure.
                 let shot = self.screenshot("failure").await;
                 let body = self.client.source().await.unwrap_or_default();
-                panic!("no element {selector}: {err}; screenshot {}; page:\n{body}", shot.display())
+                panic!(
+                    "no element {selector}: {err}; screenshot {}; page:\n{body}",
+                    shot.display()
+                )
             }
         }
     }
