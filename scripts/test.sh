@@ -26,6 +26,9 @@ cargo test --release
 
 # Each benchmark once, in its quick mode, only to prove it still runs.
 cargo bench --bench processors -- --quick
+cargo bench --bench plugin_call -- --quick
+cargo bench --bench hub -- --quick
+cargo run --release --example load -- --requests 500 --concurrency 16
 
 # The API against its own OpenAPI document.
 scripts/check-api.sh 25

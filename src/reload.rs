@@ -3,6 +3,8 @@
 //! The pipeline for each `*.wasm` file starts with a watch event and a quiet
 //! period with no further events. Then two looks at the file's size and
 //! modification time must agree, so a copy still in progress is not read.
+//! A file closed after writing, or renamed into place, is known to be whole
+//! and skips the looks: it loads 10 ms after its last event.
 //! The file is read and hashed, and skipped if the serving version has the
 //! same hash. Otherwise it is compiled (or read from the cache), checked
 //! against the WIT worlds and trial-run, then swapped in, recorded in the
@@ -35,6 +37,10 @@ const QUIET: Duration = Duration::from_millis(100);
 
 /// Time between the two looks that must agree.
 const SETTLE: Duration = Duration::from_millis(50);
+
+/// Time without events on a file that was closed after writing or renamed
+/// into place before it is loaded; it only merges the events of one copy.
+const COMPLETE_QUIET: Duration = Duration::from_millis(10);
 
 /// Interval of the check that the watched folder is still the one on disk.
 const FOLDER_CHECK: Duration = Duration::from_secs(1);
@@ -140,7 +146,7 @@ impl Reloader {
     ///
     /// Fails when the operating system refuses the watch.
     pub fn watch(self: &Arc<Self>) -> anyhow::Result<WatchGuard> {
-        let (sender, receiver) = mpsc::unbounded_channel();
+        let (sender, receiver) = mpsc::unbounded_channel::<Change>();
         let watcher = self.new_watcher(sender.clone())?;
         let task = tokio::spawn(self.clone().debounce(receiver, sender, watcher));
         Ok(WatchGuard { task })
@@ -148,16 +154,15 @@ impl Reloader {
 
     fn new_watcher(
         &self,
-        sender: mpsc::UnboundedSender<PathBuf>,
+        sender: mpsc::UnboundedSender<Change>,
     ) -> anyhow::Result<notify::RecommendedWatcher> {
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-                Ok(event) if !matches!(event.kind, EventKind::Access(_)) => {
-                    for path in event.paths {
-                        let _ = sender.send(path);
+                Ok(event) => {
+                    for (path, complete) in changes_of(event) {
+                        let _ = sender.send(Change { path, complete });
                     }
                 }
-                Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "plugin folder watch error"),
             })
             .context("failed to create the plugin folder watcher")?;
@@ -174,19 +179,20 @@ impl Reloader {
     /// disk, and watches the new one when it was replaced.
     async fn debounce(
         self: Arc<Self>,
-        mut changes: mpsc::UnboundedReceiver<PathBuf>,
-        sender: mpsc::UnboundedSender<PathBuf>,
+        mut changes: mpsc::UnboundedReceiver<Change>,
+        sender: mpsc::UnboundedSender<Change>,
         mut _watcher: notify::RecommendedWatcher,
     ) {
-        // For each file: when to look next, and what the last look saw.
-        let mut pending: HashMap<PathBuf, (Instant, Option<Look>)> = HashMap::new();
+        // For each file: when to look next, what the last look saw, and
+        // whether the last event said the file is complete.
+        let mut pending: HashMap<PathBuf, (Instant, Option<Look>, bool)> = HashMap::new();
         let mut folder = folder_identity(&self.dir).await;
         let mut folder_check = tokio::time::interval(FOLDER_CHECK);
         loop {
-            let next = pending.values().map(|(due, _)| *due).min();
+            let next = pending.values().map(|(due, _, _)| *due).min();
             tokio::select! {
                 change = changes.recv() => {
-                    let Some(path) = change else { return };
+                    let Some(Change { path, complete }) = change else { return };
                     if path == self.dir {
                         // The folder itself was removed or moved; the next
                         // check compares it afresh, even if a new folder
@@ -195,20 +201,23 @@ impl Reloader {
                         continue;
                     }
                     if path.extension().is_some_and(|extension| extension == "wasm") {
-                        pending.insert(path, (Instant::now() + QUIET, None));
+                        // A file closed after writing or renamed into place
+                        // is whole; anything else may be a copy in progress.
+                        let wait = if complete { COMPLETE_QUIET } else { QUIET };
+                        pending.insert(path, (Instant::now() + wait, None, complete));
                     }
                 }
                 () = sleep_until(next) => {
                     let now = Instant::now();
                     let due: Vec<PathBuf> = pending
                         .iter()
-                        .filter(|(_, (at, _))| *at <= now)
+                        .filter(|(_, (at, _, _))| *at <= now)
                         .map(|(path, _)| path.clone())
                         .collect();
                     for path in due {
                         let look = look(&path).await;
-                        let (at, last) = pending.get_mut(&path).expect("due paths are pending");
-                        if look.is_some() && *last != look {
+                        let (at, last, complete) = pending.get_mut(&path).expect("due paths are pending");
+                        if !*complete && look.is_some() && *last != look {
                             *last = look;
                             *at = now + SETTLE;
                             continue;
@@ -404,6 +413,37 @@ impl Reloader {
         if let Err(err) = self.storage.commit(transaction).await {
             tracing::error!(error = %err, "failed to record a plugin version");
         }
+    }
+}
+
+/// A path in the plugins folder that changed.
+struct Change {
+    path: PathBuf,
+    /// Whether the event says the file is whole: closed after writing, or
+    /// renamed into place.
+    complete: bool,
+}
+
+/// Returns the paths an event touches, each with whether the event says
+/// the file is whole now.
+fn changes_of(event: notify::Event) -> Vec<(PathBuf, bool)> {
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+            event.paths.into_iter().map(|path| (path, true)).collect()
+        }
+        // The first path is the old name, which is gone; the second the new.
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event
+            .paths
+            .into_iter()
+            .enumerate()
+            .map(|(index, path)| (path, index == 1))
+            .collect(),
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+            event.paths.into_iter().map(|path| (path, true)).collect()
+        }
+        EventKind::Access(_) => Vec::new(),
+        _ => event.paths.into_iter().map(|path| (path, false)).collect(),
     }
 }
 
