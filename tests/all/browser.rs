@@ -102,6 +102,41 @@ impl Browser {
         }
     }
 
+    /// Types `text` into the element matching `selector`. The live views
+    /// re-render when events arrive, which can replace the element between
+    /// finding and typing; then it is found again.
+    pub async fn type_into(&self, selector: &str, text: &str) {
+        self.retry_stale(selector, |element| {
+            let text = text.to_owned();
+            async move { element.send_keys(&text).await }
+        })
+        .await;
+    }
+
+    /// Clicks the element matching `selector`, finding it again if a
+    /// re-render replaced it.
+    pub async fn click(&self, selector: &str) {
+        self.retry_stale(selector, |element| async move { element.click().await })
+            .await;
+    }
+
+    async fn retry_stale<F, Fut>(&self, selector: &str, act: F)
+    where
+        F: Fn(fantoccini::elements::Element) -> Fut,
+        Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+    {
+        for _ in 0..20 {
+            let element = self.find(selector).await;
+            match act(element).await {
+                Ok(()) => return,
+                Err(fantoccini::error::CmdError::Standard(err))
+                    if err.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+                Err(err) => panic!("failed to act on {selector}: {err}"),
+            }
+        }
+        panic!("{selector} kept being replaced");
+    }
+
     /// Waits until the page's text contains `text`.
     pub async fn wait_for_text(&self, text: &str) {
         let started = Instant::now();

@@ -17,14 +17,12 @@ async fn story_runs_from_menu() {
 
     browser.open(&format!("{}/", hub.base)).await;
     browser
-        .find(r#"button[data-task="examples.story.start"]"#)
-        .await
-        .click()
-        .await
-        .unwrap();
-    let input = browser.find("#start-input").await;
-    input.send_keys(r#"{"topic": "a browser"}"#).await.unwrap();
-    browser.find("#start-submit").await.click().await.unwrap();
+        .click(r#"button[data-task="examples.story.start"]"#)
+        .await;
+    browser
+        .type_into("#start-input", r#"{"topic": "a browser"}"#)
+        .await;
+    browser.click("#start-submit").await;
 
     // The thread view follows the thread live until it is done.
     browser.find("h1 .badge.status-done").await;
@@ -65,14 +63,9 @@ async fn user_step_is_answered_in_form() {
     browser
         .wait_for_text("What should the poem be about?")
         .await;
-    let field = browser.find("#answer-form #field-0").await;
-    field.send_keys("the moon").await.unwrap();
-    browser
-        .find("#answer-form button[type=submit]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.find("#live.on").await;
+    browser.type_into("#answer-form #field-0", "the moon").await;
+    browser.click("#answer-form button[type=submit]").await;
 
     browser.find("h1 .badge.status-done").await;
     browser
@@ -97,11 +90,10 @@ async fn stale_answer_is_reported() {
     browser
         .open(&format!("{}/#/thread/{thread_id}", hub.base))
         .await;
-    let form = browser.find("#answer-form").await;
-    assert_eq!(
-        form.attr("data-version").await.unwrap().as_deref(),
-        Some("1")
-    );
+    browser.find(r#"#answer-form[data-version="1"]"#).await;
+    // The page reads the thread again when its event stream opens; wait
+    // for that, so no later render replaces what this test types into.
+    browser.find("#live.on").await;
 
     // Someone else changes the task while this page shows version 1; the
     // page stops listening first, so it cannot catch up on its own.
@@ -119,18 +111,8 @@ async fn stale_answer_is_reported() {
         .await;
     assert_eq!(status, 200);
 
-    browser
-        .find("#answer-form #field-0")
-        .await
-        .send_keys("too late")
-        .await
-        .unwrap();
-    browser
-        .find("#answer-form button[type=submit]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("#answer-form #field-0", "too late").await;
+    browser.click("#answer-form button[type=submit]").await;
     browser
         .wait_for_text("Someone else changed this task")
         .await;
@@ -177,11 +159,8 @@ async fn archived_thread_opens_from_list() {
     let browser = Browser::start(1200, 1000).await;
     browser.open(&format!("{}/#/threads", hub.base)).await;
     browser
-        .find(&format!(r##"#threads a[href="#/thread/{thread_id}"]"##))
-        .await
-        .click()
-        .await
-        .unwrap();
+        .click(&format!(r##"#threads a[href="#/thread/{thread_id}"]"##))
+        .await;
     browser.find("h1 .badge.status-failed").await;
     browser
         .find(r#"g.node[data-task="examples.flaky.check"][data-status="failed"]"#)

@@ -214,6 +214,7 @@ async function threadPage(threadId) {
       ? await api("GET", "/api/taskflows/" + encodeURIComponent(taskflowId)).catch(() => null)
       : null;
     const current = thread.tasks[thread.tasks.length - 1];
+    const typed = keepTyped();
     show(
       el("h1", {}, "Thread ", badge(thread.status)),
       el("p", { class: "muted" },
@@ -229,6 +230,7 @@ async function threadPage(threadId) {
       el("h2", { text: "Tasks" }),
       el("ol", { class: "tasks" }, thread.tasks.map(taskItem)),
     );
+    restoreTyped(typed);
   };
   const refresh = debounce(() => render(), 100);
   listen("?threadId=" + encodeURIComponent(threadId), () => refresh());
@@ -259,6 +261,31 @@ function taskItem(task) {
     details("Request", task.request),
     details("Response", task.response),
   );
+}
+
+/** Returns what the person typed into the answer form so far, so a live
+ * re-render does not throw it away. */
+function keepTyped() {
+  const form = document.getElementById("answer-form");
+  if (!form) return null;
+  const values = {};
+  for (const input of form.querySelectorAll("[name]")) values[input.name] = input.value;
+  const focused = document.activeElement && form.contains(document.activeElement)
+    ? document.activeElement.name : null;
+  return { instance: form.dataset.instance, values, focused };
+}
+
+/** Puts typed values back when the same task still waits for an answer. */
+function restoreTyped(typed) {
+  const form = document.getElementById("answer-form");
+  if (!typed || !form || form.dataset.instance !== typed.instance) return;
+  for (const input of form.querySelectorAll("[name]")) {
+    if (input.name in typed.values) input.value = typed.values[input.name];
+  }
+  if (typed.focused) {
+    const input = form.querySelector(`[name="${CSS.escape(typed.focused)}"]`);
+    if (input) input.focus();
+  }
 }
 
 /** Builds the form for a task that waits for a person. */
@@ -304,7 +331,7 @@ function answerForm(task, rerender) {
   return el("section", { class: "panel answer" },
     el("h2", { text: "Your answer is needed" }),
     el("p", { class: "prompt", text: request.prompt || "This step waits for you." }),
-    el("form", { id: "answer-form", onsubmit: submit, "data-version": task.version },
+    el("form", { id: "answer-form", onsubmit: submit, "data-version": task.version, "data-instance": task.instanceId },
       inputs.map((entry) => entry.row),
       el("button", { type: "submit", class: "primary" }, "Send")),
     message,
