@@ -319,7 +319,9 @@ async fn bad_messages_after_register() {
         .await;
     assert_eq!(twin.recv().await["code"], "duplicate_processor");
 
-    // An oversized message closes the connection with 1009.
+    // An oversized message ends the connection. The hub sends an error and
+    // a close with 1009, but it closes with the rest of the message unread,
+    // so the peer's kernel may reset the connection before they arrive.
     processor
         .send_text(format!(
             "{{\"command\":\"ping\",\"pad\":\"{}\"}}",
@@ -336,7 +338,12 @@ async fn bad_messages_after_register() {
             }
         }
     }
-    assert_eq!(closed.flatten().map(|(code, _)| code), Some(1009));
+    let code = closed
+        .expect("the connection stayed open")
+        .map(|(code, _)| code);
+    assert!(code.is_none() || code == Some(1009), "closed with {code:?}");
+    hub.wait_for_log(&["processor dropped: message too big", "processor_id=\"p1\""])
+        .await;
 
     // A flood is cut off; the other processor is not affected.
     let mut flood = TestProcessor::register(&hub, "flood", &["x"]).await;
