@@ -1,9 +1,10 @@
 //! Builds the example plugins in `taskflows/` for `wasm32-wasip2` and copies
 //! them into `plugins/`, so `cargo run` starts the hub with them loaded.
 //!
-//! The components are also kept, with the `faults` test fixture in two
-//! variants and the `echo` benchmark fixture, in `$OUT_DIR/components`; the integration tests find that
-//! folder through the `TASKHUB_TEST_COMPONENTS` variable set here.
+//! The components are also kept in `$OUT_DIR/components`, with the test
+//! and benchmark fixtures: `faults` in two variants, `load-faults` once per
+//! fault, and `echo`. The integration tests and benchmarks find that folder
+//! through the `TASKHUB_TEST_COMPONENTS` variable set here.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +16,16 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("interview.wasm", "interview"),
     ("flaky.wasm", "flaky"),
     ("remote.wasm", "remote"),
+];
+
+/// Faults of the `load-faults` fixture, one component each.
+const LOAD_FAULTS: &[&str] = &[
+    "none",
+    "trap-definitions",
+    "trap-environments",
+    "loop",
+    "alloc",
+    "stack",
 ];
 
 fn main() {
@@ -29,23 +40,32 @@ fn main() {
     std::fs::create_dir_all(&components).expect("failed to create the components folder");
 
     check_target_installed();
-    build_guests(&root, &target_dir, &[]);
+    build_guests(&root, &target_dir, &[], &[]);
     for (file, name) in EXAMPLES {
         copy_if_changed(&built.join(file), &components.join(format!("{name}.wasm")));
     }
-    copy_if_changed(&built.join("faults.wasm"), &components.join("faults.wasm"));
-    copy_if_changed(&built.join("echo.wasm"), &components.join("echo.wasm"));
+    for fixture in ["faults", "echo"] {
+        copy_if_changed(
+            &built.join(format!("{fixture}.wasm")),
+            &components.join(format!("{fixture}.wasm")),
+        );
+    }
 
-    // The second variant of the fixture, for the hot-reload tests.
-    build_guests(
-        &root,
-        &target_dir,
-        &["--package", "faults", "--features", "variant-b"],
-    );
+    // The second variant of `faults`, for the hot-reload tests.
+    let variant = ["--package", "faults", "--features", "variant-b"];
+    build_guests(&root, &target_dir, &variant, &[]);
     copy_if_changed(
         &built.join("faults.wasm"),
         &components.join("faults-b.wasm"),
     );
+
+    // One `load-faults` component per fault, for the fault tests.
+    for fault in LOAD_FAULTS {
+        let package = ["--package", "load-faults"];
+        build_guests(&root, &target_dir, &package, &[("LOAD_FAULT", fault)]);
+        let target = components.join(format!("load-{fault}.wasm"));
+        copy_if_changed(&built.join("load_faults.wasm"), &target);
+    }
 
     let plugins = root.join("plugins");
     std::fs::create_dir_all(&plugins).expect("failed to create plugins/");
@@ -75,7 +95,7 @@ fn check_target_installed() {
     }
 }
 
-fn build_guests(root: &Path, target_dir: &Path, extra: &[&str]) {
+fn build_guests(root: &Path, target_dir: &Path, extra: &[&str], variables: &[(&str, &str)]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -88,7 +108,8 @@ fn build_guests(root: &Path, target_dir: &Path, extra: &[&str]) {
             "--target-dir",
         ])
         .arg(target_dir)
-        .args(extra);
+        .args(extra)
+        .envs(variables.iter().copied());
     // The host build's flags and wrappers are for the host, not for wasm.
     for variable in [
         "RUSTFLAGS",

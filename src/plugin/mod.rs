@@ -273,6 +273,7 @@ impl PluginHost {
 
         let imports = interface_names(&self.engine, &component, Direction::Imports);
         let interfaces = interface_names(&self.engine, &component, Direction::Exports);
+        check_package_version(imports.iter().chain(&interfaces))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|err| {
             LoadError::WorldMismatch(format!(
                 "{err:#}; a plugin may import only WASI 0.2 and {WIT_PACKAGE}"
@@ -574,6 +575,40 @@ fn interface_names(engine: &Engine, component: &Component, direction: Direction)
     names
 }
 
+/// Rejects a component that uses another, incompatible version of the
+/// hub's WIT package, naming both versions. Versions are compatible as in
+/// semver: the same major version, and for 0.x the same minor version.
+fn check_package_version<'a>(names: impl Iterator<Item = &'a String>) -> Result<(), LoadError> {
+    let ours = WIT_PACKAGE
+        .rsplit_once('@')
+        .map_or("", |(_, version)| version);
+    for name in names {
+        let Some(rest) = name.strip_prefix("taskhub:plugin/") else {
+            continue;
+        };
+        let theirs = rest.rsplit_once('@').map_or("", |(_, version)| version);
+        if !compatible(ours, theirs) {
+            return Err(LoadError::WorldMismatch(format!(
+                "the component was built against taskhub:plugin@{theirs} (it uses `{name}`), \
+                 but this hub implements {WIT_PACKAGE}; rebuild it against the hub's `wit/` folder"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn compatible(ours: &str, theirs: &str) -> bool {
+    let parse = |version: &str| -> Option<(u64, u64)> {
+        let mut parts = version.split('.');
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    match (parse(ours), parse(theirs)) {
+        (Some((0, our_minor)), Some((0, their_minor))) => our_minor == their_minor,
+        (Some((our_major, _)), Some((their_major, _))) => our_major == their_major,
+        _ => false,
+    }
+}
+
 /// Explains why neither hub interface was found, naming the versions.
 fn missing_exports_message(exports: &[String]) -> String {
     let other_versions: Vec<&str> = exports
@@ -608,4 +643,31 @@ pub fn is_valid_environment(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_versions_follow_semver() {
+        assert!(compatible("0.1.0", "0.1.0"));
+        assert!(compatible("0.1.0", "0.1.7"));
+        assert!(!compatible("0.1.0", "0.2.0"));
+        assert!(!compatible("0.1.0", "0.0.9"));
+        assert!(compatible("1.2.0", "1.0.0"));
+        assert!(!compatible("1.2.0", "2.0.0"));
+        assert!(!compatible("0.1.0", ""));
+    }
+
+    #[test]
+    fn other_package_version_names_both() {
+        let names = [
+            "wasi:cli/stdout@0.2.6".to_owned(),
+            "taskhub:plugin/host@0.2.0".to_owned(),
+        ];
+        let error = check_package_version(names.iter()).unwrap_err().to_string();
+        assert!(error.contains("taskhub:plugin@0.2.0"), "{error}");
+        assert!(error.contains("taskhub:plugin@0.1.0"), "{error}");
+    }
 }

@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Hub, HubFiles, task_ids};
+use crate::support::{Hub, HubFiles, component, plugin, task_ids};
 
 /// Runs the faults plugin in `mode` and returns the ended thread.
 async fn run_fault(hub: &Hub, input: Value) -> Value {
@@ -155,4 +155,118 @@ async fn update_during_call_runs_task_again() {
     assert_eq!(task["request"], json!({"note": "hurry"}));
     assert_eq!(task["output"], json!({"variant": "a"}));
     assert_eq!(task["version"], 3);
+}
+
+#[tokio::test]
+async fn more_runtime_faults_fail_clearly() {
+    let files = HubFiles::with_plugins(&["faults"]);
+    // Room for the 9 MiB output inside the plugin.
+    let hub = Hub::start(&files, &["--plugin-memory-mib", "128"]);
+
+    // A Rust guest keeps its stack in linear memory; overflowing it runs
+    // off the bottom of that memory.
+    let error = failure(&run_fault(&hub, json!({"mode": "stack"})).await);
+    assert!(error.contains("plugin `faults` trapped"), "{error}");
+    assert!(error.contains("out of bounds memory access"), "{error}");
+
+    let error = failure(&run_fault(&hub, json!({"mode": "huge"})).await);
+    assert!(error.contains("the hub keeps a task under"), "{error}");
+
+    let error = failure(&run_fault(&hub, json!({"mode": "bad-utf8"})).await);
+    assert!(error.contains("plugin `faults` trapped"), "{error}");
+    assert!(error.to_lowercase().contains("utf-8"), "{error}");
+    assert_still_serving(&hub).await;
+}
+
+#[tokio::test]
+async fn faults_while_loading_reject_the_file() {
+    let files = HubFiles::new();
+    let hub = Hub::start(&files, &[]);
+    let faults = [
+        ("trap-definitions", "load-faults traps in definitions"),
+        ("trap-environments", "load-faults traps in environments"),
+        ("loop", "ran past its deadline of 1000 ms"),
+        ("alloc", "memory cap of 32 MiB"),
+        ("stack", "out of bounds memory access"),
+    ];
+    for (fault, _) in faults {
+        let name = format!("load-{fault}");
+        files.install(&name, &name);
+    }
+    files.install("load-none", "load-none");
+
+    let plugins = hub
+        .wait_plugins(|plugins| {
+            plugin(plugins, "load-none").is_some_and(|p| p["status"] == "loaded")
+                && faults.iter().all(|(fault, _)| {
+                    plugin(plugins, &format!("load-{fault}"))
+                        .is_some_and(|p| !p["lastError"].is_null())
+                })
+        })
+        .await;
+    for (fault, expected) in faults {
+        let status = plugin(&plugins, &format!("load-{fault}")).unwrap();
+        assert_eq!(status["status"], "failed", "{status}");
+        let message = status["lastError"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("the trial run failed"),
+            "{fault}: {message}"
+        );
+        assert!(message.contains(expected), "{fault}: {message}");
+    }
+    let (status, _) = hub.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let started = hub.start_task("testing.load.run", json!({})).await;
+    let thread = hub
+        .wait_thread_end(started["threadId"].as_str().unwrap())
+        .await;
+    assert_eq!(thread["status"], "done");
+}
+
+#[tokio::test]
+async fn other_wit_versions_are_rejected_by_name() {
+    let files = HubFiles::new();
+    let hub = Hub::start(&files, &[]);
+    // The same component with its package version rewritten in place: the
+    // version strings have the same length, so the binary stays valid.
+    let story = component("story");
+    for version in ["0.0.9", "0.2.0"] {
+        let rewritten = replace_all(&story, b"@0.1.0", format!("@{version}").as_bytes());
+        assert_ne!(rewritten, story);
+        files.write_plugin(&format!("story-{version}"), &rewritten);
+    }
+    let plugins = hub
+        .wait_plugins(|plugins| {
+            ["story-0.0.9", "story-0.2.0"]
+                .iter()
+                .all(|name| plugin(plugins, name).is_some_and(|p| !p["lastError"].is_null()))
+        })
+        .await;
+    for version in ["0.0.9", "0.2.0"] {
+        let message =
+            plugin(&plugins, &format!("story-{version}")).unwrap()["lastError"]["message"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        assert!(
+            message.contains(&format!("built against taskhub:plugin@{version}")),
+            "{message}"
+        );
+        assert!(
+            message.contains("this hub implements taskhub:plugin@0.1.0"),
+            "{message}"
+        );
+    }
+}
+
+fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut rest = haystack;
+    while let Some(position) = rest.windows(from.len()).position(|window| window == from) {
+        out.extend_from_slice(&rest[..position]);
+        out.extend_from_slice(to);
+        rest = &rest[position + from.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
 }

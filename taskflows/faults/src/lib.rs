@@ -15,6 +15,9 @@
 //! | `fail` | returns a `failed` run error |
 //! | `unfinished` | returns the task without marking it done |
 //! | `bad-json` | returns an output that is not JSON |
+//! | `bad-utf8` | returns an output that is not UTF-8 |
+//! | `huge` | returns a 9 MiB output |
+//! | `stack` | recurses until the stack runs out |
 
 wit_bindgen::generate!({
     world: "plugin",
@@ -126,6 +129,23 @@ impl Environment for Faults {
                 ));
             }
             "unfinished" => return Ok(task),
+            "bad-utf8" => {
+                // SAFETY: none; the bytes are invalid UTF-8 on purpose, to
+                // see the host reject them when it lifts the string.
+                #[allow(unsafe_code, reason = "builds an invalid string on purpose")]
+                let invalid = unsafe { String::from_utf8_unchecked(vec![b'"', 0xff, 0xfe, b'"']) };
+                task.output = invalid;
+                task.state = json!({ "done": true }).to_string();
+                return Ok(task);
+            }
+            "huge" => {
+                task.output = format!("\"{}\"", "x".repeat(9 << 20));
+                task.state = json!({ "done": true }).to_string();
+                return Ok(task);
+            }
+            "stack" => {
+                task.output = json!({ "depth": recurse(black_box(0)) }).to_string();
+            }
             "bad-json" => {
                 task.output = "{not json".into();
                 task.state = json!({ "done": true }).to_string();
@@ -133,7 +153,8 @@ impl Environment for Faults {
             }
             other => {
                 return Err(RunError::InvalidTask(format!(
-                    "unknown `input.mode` {other:?}; use ok, slow, trap, loop, alloc, fail, unfinished or bad-json"
+                    "unknown `input.mode` {other:?}; use ok, slow, trap, loop, alloc, fail, \
+                     unfinished, bad-json, bad-utf8, huge or stack"
                 )));
             }
         }
@@ -141,6 +162,13 @@ impl Environment for Faults {
         task.state = json!({ "done": true }).to_string();
         Ok(task)
     }
+}
+
+/// Recurses until the stack runs out; the frame keeps a buffer alive so
+/// the compiler cannot turn the recursion into a loop.
+fn recurse(depth: u64) -> u64 {
+    let buffer = black_box([depth; 64]);
+    recurse(depth + 1) + buffer[0]
 }
 
 export!(Faults);
