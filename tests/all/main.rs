@@ -9,6 +9,7 @@ mod hot_reload;
 mod operations;
 mod processors;
 mod restart;
+mod soak;
 mod story;
 mod support;
 mod ui;
