@@ -44,11 +44,14 @@ fn main() {
     for (file, name) in EXAMPLES {
         copy_if_changed(&built.join(file), &components.join(format!("{name}.wasm")));
     }
-    for fixture in ["faults", "echo"] {
-        copy_if_changed(
-            &built.join(format!("{fixture}.wasm")),
-            &components.join(format!("{fixture}.wasm")),
-        );
+    // Built, but not copied into `plugins/`: test fixtures, and the real
+    // `llm` adapter, which needs a manifest with an endpoint and a key.
+    for (file, name) in [
+        ("faults.wasm", "faults"),
+        ("echo.wasm", "echo"),
+        ("llm_openai.wasm", "llm-openai"),
+    ] {
+        copy_if_changed(&built.join(file), &components.join(format!("{name}.wasm")));
     }
 
     // The second variant of `faults`, for the hot-reload tests.

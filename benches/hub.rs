@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::{Hub, HubFiles, component};
-use taskhub::plugin::{Limits, PluginHost, content_hash};
+use taskhub::plugin::{Grants, Limits, PluginHost, content_hash};
 
 fn main() {
     let quick = std::env::args().any(|arg| arg == "--quick");
@@ -178,7 +178,15 @@ async fn memory(quick: bool) {
     let bytes = component("echo");
     let host = PluginHost::new(Limits::default(), None, None).unwrap();
     let hash = content_hash(&bytes);
-    let plugin = host.load("echo", Arc::new(bytes), hash).await.unwrap();
+    let plugin = host
+        .load(
+            "echo",
+            Arc::new(bytes),
+            hash,
+            Grants::defaults(host.limits()),
+        )
+        .await
+        .unwrap();
     let task = serde_json::from_value(json!({
         "id": "bench.echo", "instanceId": "i", "threadId": "t", "parentInstanceId": null,
         "userId": null, "groupId": null, "environments": ["echo"], "environment": "echo",

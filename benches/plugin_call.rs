@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use taskhub::engine::merge::merge;
 use taskhub::engine::task::Task;
 use taskhub::engine::template::{TemplateContext, fill};
-use taskhub::plugin::{Limits, PluginHost, WitTask, apply_wit_task, content_hash, to_wit_task};
+use taskhub::plugin::{
+    Grants, Limits, PluginHost, WitTask, apply_wit_task, content_hash, to_wit_task,
+};
 
 fn task() -> Task {
     serde_json::from_value(json!({
@@ -51,7 +53,12 @@ fn plugin_call(criterion: &mut Criterion) {
     let host = runtime.block_on(async { PluginHost::new(Limits::default(), None, None).unwrap() });
     let hash = content_hash(&bytes);
     let plugin = runtime
-        .block_on(host.load("echo", Arc::new(bytes), hash))
+        .block_on(host.load(
+            "echo",
+            Arc::new(bytes),
+            hash,
+            Grants::defaults(host.limits()),
+        ))
         .unwrap();
     let task = task();
 

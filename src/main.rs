@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use taskhub::engine::Sweeps;
-use taskhub::plugin::{Limits, PluginHost, content_hash};
+use taskhub::plugin::{Limits, PluginHost, content_hash, manifest};
 use taskhub::processors::session::SessionConfig;
 use taskhub::{HubConfig, ParentConfig, RunningHub};
 use tracing_subscriber::EnvFilter;
@@ -211,8 +211,11 @@ async fn check(file: &std::path::Path) -> anyhow::Result<()> {
     })?;
     let host = PluginHost::new(Limits::default(), None, None)?;
     let hash = content_hash(&bytes);
+    let grants =
+        manifest::load_grants(file, host.limits(), |variable| std::env::var(variable).ok())
+            .map_err(|message| anyhow::anyhow!("{message}"))?;
     let plugin = host
-        .load(&name, Arc::new(bytes), hash)
+        .load(&name, Arc::new(bytes), hash, grants)
         .await
         .map_err(|err| anyhow::anyhow!("{} cannot be loaded: {err}", file.display()))?;
 
@@ -222,6 +225,7 @@ async fn check(file: &std::path::Path) -> anyhow::Result<()> {
     println!("wit package:  {}", taskhub::plugin::WIT_PACKAGE);
     println!("exports:      {}", plugin.exports.interfaces.join(", "));
     println!("imports:      {}", plugin.imports.join(", "));
+    print_grants(file, &plugin);
     if !plugin.exports.environments.is_empty() {
         println!("environments: {}", plugin.exports.environments.join(", "));
     }
@@ -247,4 +251,73 @@ async fn check(file: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints what the plugin's manifest grants, and warns about imports that
+/// the grants leave unusable.
+fn print_grants(file: &std::path::Path, plugin: &taskhub::plugin::LoadedPlugin) {
+    let grants = plugin.grants.summary();
+    let manifest = manifest::manifest_path(file);
+    if grants.manifest {
+        println!("manifest:     {}", manifest.display());
+    } else {
+        println!(
+            "manifest:     none (no {} beside it): no grants",
+            manifest.display()
+        );
+    }
+    println!(
+        "limits:       deadline {} ms, memory {} MiB, concurrent calls {}",
+        grants.deadline_ms,
+        grants.memory_mib,
+        grants
+            .max_concurrent_calls
+            .map_or("unlimited".to_owned(), |calls| calls.to_string())
+    );
+    let hosts: Vec<String> = grants
+        .http_allow
+        .iter()
+        .map(|allowed| match allowed.port {
+            Some(port) => format!("{}:{port}", allowed.host),
+            None => allowed.host.clone(),
+        })
+        .collect();
+    println!(
+        "http allow:   {}",
+        if hosts.is_empty() {
+            "none".to_owned()
+        } else {
+            hosts.join(", ")
+        }
+    );
+    println!(
+        "env:          {}",
+        if grants.env.is_empty() {
+            "none".to_owned()
+        } else {
+            grants.env.join(", ")
+        }
+    );
+    println!(
+        "secrets:      {}",
+        if grants.secrets.is_empty() {
+            "none".to_owned()
+        } else {
+            grants.secrets.join(", ")
+        }
+    );
+
+    let uses_http = plugin
+        .imports
+        .iter()
+        .any(|name| name.starts_with("wasi:http/"));
+    if uses_http && hosts.is_empty() {
+        println!(
+            "warning: the component imports wasi:http, but its manifest allows no host; \
+             every request it makes will be denied"
+        );
+    }
+    for secret in &grants.missing_secrets {
+        println!("warning: secret {secret} names a hub environment variable that is not set");
+    }
 }

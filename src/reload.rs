@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::engine::Engine;
 use crate::engine::task::now_millis;
 use crate::events::{Event, Events};
-use crate::plugin::{PluginHost, PluginRegistry, content_hash};
+use crate::plugin::{PluginHost, PluginRegistry, content_hash, manifest};
 use crate::storage::{Storage, Transaction, Write};
 
 /// Time without events on a file before it is looked at.
@@ -200,6 +200,12 @@ impl Reloader {
                         folder = None;
                         continue;
                     }
+                    // A manifest change reloads its plugin with the new grants.
+                    let path = if path.extension().is_some_and(|extension| extension == "toml") {
+                        path.with_extension("wasm")
+                    } else {
+                        path
+                    };
                     if path.extension().is_some_and(|extension| extension == "wasm") {
                         // A file closed after writing or renamed into place
                         // is whole; anything else may be a copy in progress.
@@ -287,17 +293,33 @@ impl Reloader {
             }
         };
         let hash = content_hash(&bytes);
+        let grants = match manifest::load_grants(path, self.host.limits(), |variable| {
+            std::env::var(variable).ok()
+        }) {
+            Ok(grants) => grants,
+            Err(message) => {
+                self.reject(&name, &file, Some(hash), message).await;
+                return;
+            }
+        };
         if self
             .registry
             .get(&name)
-            .is_some_and(|serving| serving.hash == hash)
+            .is_some_and(|serving| serving.hash == hash && serving.grants == grants)
         {
             // The serving version is back in place after a rejected file.
             self.registry.clear_failure(&name);
             return;
         }
+        for secret in &grants.missing_secrets {
+            tracing::warn!(
+                plugin = %name,
+                secret = %secret,
+                "a secret in the plugin's manifest names a hub environment variable that is not set"
+            );
+        }
 
-        let plugin = match self.host.load(&name, bytes, hash.clone()).await {
+        let plugin = match self.host.load(&name, bytes, hash.clone(), grants).await {
             Ok(plugin) => plugin,
             Err(err) => {
                 self.reject(&name, &file, Some(hash), err.to_string()).await;

@@ -15,6 +15,7 @@
 
 mod bindings;
 mod cache;
+pub mod manifest;
 mod registry;
 mod state;
 
@@ -34,6 +35,7 @@ pub use bindings::{
 };
 use bindings::{Plugin, environment, taskflow};
 pub use cache::ArtifactCache;
+pub use manifest::{GrantSummary, Grants};
 pub use registry::{PluginRegistry, PluginStatus, Snapshot};
 use state::{CallContext, CallState};
 
@@ -156,6 +158,10 @@ pub struct LoadedPlugin {
     pub exports: Exports,
     /// Interface names the component imports.
     pub imports: Vec<String>,
+    /// What its manifest grants.
+    pub grants: Grants,
+    /// Limits the plugin's concurrent calls when its grants do.
+    calls: Option<Arc<Semaphore>>,
     pre: InstancePre<CallState>,
     taskflow: Option<taskflow::GuestIndices>,
     environment: Option<environment::GuestIndices>,
@@ -220,6 +226,7 @@ impl PluginHost {
         let engine = build_engine(&limits)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -266,6 +273,7 @@ impl PluginHost {
         name: &str,
         bytes: Arc<Vec<u8>>,
         hash: String,
+        grants: Grants,
     ) -> Result<LoadedPlugin, LoadError> {
         let started = Instant::now();
         check_header(&bytes)?;
@@ -301,6 +309,10 @@ impl PluginHost {
                 interfaces,
             },
             imports,
+            calls: grants
+                .max_concurrent_calls
+                .map(|calls| Arc::new(Semaphore::new(calls))),
+            grants,
             pre,
             taskflow,
             environment,
@@ -327,6 +339,15 @@ impl PluginHost {
                 interface: "environment",
             });
         };
+        let _plugin_permit = match &plugin.calls {
+            Some(calls) => Some(
+                calls
+                    .acquire()
+                    .await
+                    .expect("the call semaphore is never closed"),
+            ),
+            None => None,
+        };
         let _permit = self
             .calls
             .acquire()
@@ -339,16 +360,23 @@ impl PluginHost {
             instance_id: Some(task.instance_id.clone()),
             storage: self.storage.clone(),
         };
-        let mut store = self.new_store(context);
+        let mut store = self.new_store(context, &plugin.grants);
         let wit_task = to_wit_task(task);
         let started = Instant::now();
-        let result = async {
+        // The epoch deadline stops a plugin that computes; this timeout
+        // also stops one that waits on a host call, such as an HTTP request.
+        let call = async {
             let instance = plugin.pre.instantiate_async(&mut store).await?;
             let guest = indices.load(&mut store, &instance)?;
             guest.call_run(&mut store, &wit_task).await
-        }
-        .await;
-        let result = result.map_err(|err| self.call_error(&plugin.name, &store, err));
+        };
+        let result = match tokio::time::timeout(plugin.grants.deadline, call).await {
+            Ok(result) => result.map_err(|err| self.call_error(plugin, &store, err)),
+            Err(_) => Err(CallError::Deadline {
+                plugin: plugin.name.clone(),
+                deadline_ms: plugin.grants.deadline.as_millis(),
+            }),
+        };
         let trap = match &result {
             Err(CallError::Deadline { .. }) => Some("deadline"),
             Err(CallError::Memory { .. }) => Some("memory"),
@@ -393,21 +421,19 @@ impl PluginHost {
             instance_id: None,
             storage: None,
         };
-        let mut store = self.new_store(context);
+        let mut store = self.new_store(context, &plugin.grants);
         let instance = plugin
             .pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|err| {
-                LoadError::Trial(self.call_error(&plugin.name, &store, err).to_string())
-            })?;
+            .map_err(|err| LoadError::Trial(self.call_error(plugin, &store, err).to_string()))?;
 
         if let Some(indices) = &plugin.taskflow {
             let guest = indices
                 .load(&mut store, &instance)
                 .map_err(|err| LoadError::WorldMismatch(format!("{TASKFLOW_EXPORT}: {err:#}")))?;
             let definitions = guest.call_definitions(&mut store).await.map_err(|err| {
-                LoadError::Trial(self.call_error(&plugin.name, &store, err).to_string())
+                LoadError::Trial(self.call_error(plugin, &store, err).to_string())
             })?;
             let definitions = definitions
                 .into_iter()
@@ -425,7 +451,7 @@ impl PluginHost {
                 LoadError::WorldMismatch(format!("{ENVIRONMENT_EXPORT}: {err:#}"))
             })?;
             let environments = guest.call_environments(&mut store).await.map_err(|err| {
-                LoadError::Trial(self.call_error(&plugin.name, &store, err).to_string())
+                LoadError::Trial(self.call_error(plugin, &store, err).to_string())
             })?;
             if let Some(bad) = environments.iter().find(|name| !is_valid_environment(name)) {
                 return Err(LoadError::Definitions(format!(
@@ -442,14 +468,14 @@ impl PluginHost {
         Ok(())
     }
 
-    fn new_store(&self, context: CallContext) -> Store<CallState> {
-        let state = CallState::new(context, self.limits.memory_bytes);
+    fn new_store(&self, context: CallContext, grants: &Grants) -> Store<CallState> {
+        let state = CallState::new(context, grants);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
 
         // Yield to tokio at every tick so a busy plugin never blocks a worker
         // thread, and stop the call once the deadline has passed.
-        let deadline = self.limits.deadline;
+        let deadline = grants.deadline;
         let started = Instant::now();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut context| {
@@ -468,21 +494,22 @@ impl PluginHost {
     /// Classifies an error returned by a call.
     fn call_error(
         &self,
-        plugin: &str,
+        plugin: &LoadedPlugin,
         store: &Store<CallState>,
         err: wasmtime::Error,
     ) -> CallError {
         let state = store.data();
+        let name = plugin.name.clone();
         if state.deadline_hit {
             return CallError::Deadline {
-                plugin: plugin.to_owned(),
-                deadline_ms: self.limits.deadline.as_millis(),
+                plugin: name,
+                deadline_ms: plugin.grants.deadline.as_millis(),
             };
         }
         if state.limiter.exceeded {
             return CallError::Memory {
-                plugin: plugin.to_owned(),
-                cap_mib: self.limits.memory_bytes >> 20,
+                plugin: name,
+                cap_mib: plugin.grants.memory_bytes >> 20,
             };
         }
         // The root cause names the trap; wasmtime's full chain adds a
@@ -493,7 +520,7 @@ impl PluginHost {
             message.push_str(&tail);
         }
         CallError::Trap {
-            plugin: plugin.to_owned(),
+            plugin: name,
             message,
         }
     }
@@ -518,8 +545,7 @@ fn build_engine(limits: &Limits) -> anyhow::Result<Engine> {
         .total_core_instances(slots * 8)
         .total_memories(slots * 2)
         .total_tables(slots * 8)
-        .total_stacks(slots)
-        .max_memory_size(limits.memory_bytes);
+        .total_stacks(slots);
     let mut pooled = config.clone();
     pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     match Engine::new(&pooled) {

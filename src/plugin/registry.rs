@@ -70,6 +70,9 @@ pub struct PluginStatus {
     pub exports: Option<Exports>,
     /// Interfaces the serving version imports.
     pub imports: Option<Vec<String>>,
+    /// What the serving version's manifest grants (names only, never
+    /// secret values).
+    pub grants: Option<super::GrantSummary>,
     /// The latest failed attempt to load this file, kept until a version
     /// loads successfully.
     pub last_error: Option<LoadFailure>,
@@ -139,6 +142,7 @@ impl PluginRegistry {
             load_ms: Some(plugin.load_ms),
             exports: Some(plugin.exports.clone()),
             imports: Some(plugin.imports.clone()),
+            grants: Some(plugin.grants.summary()),
             last_error: None,
         };
         self.statuses
@@ -188,6 +192,7 @@ impl PluginRegistry {
                 load_ms: None,
                 exports: None,
                 imports: None,
+                grants: None,
                 last_error: None,
             });
         status.last_error = Some(failure);

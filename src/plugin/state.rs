@@ -5,8 +5,10 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use super::bindings::{Level, taskhub};
+use super::manifest::{AllowedHost, Grants};
 use crate::storage::Storage;
 
 /// Bytes of a plugin's stderr kept per call.
@@ -33,6 +35,8 @@ pub(super) struct CallContext {
 /// The store data of one call.
 pub(super) struct CallState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    gate: HttpGate,
     table: ResourceTable,
     stderr: MemoryOutputPipe,
     context: CallContext,
@@ -42,19 +46,30 @@ pub(super) struct CallState {
 }
 
 impl CallState {
-    pub fn new(context: CallContext, memory_bytes: usize) -> Self {
+    pub fn new(context: CallContext, grants: &Grants) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        // Nothing is granted: no preopened directories, no environment
-        // variables, no arguments, no sockets (denied by default), no stdin.
-        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        // No preopened directories, no arguments, no sockets (denied by
+        // default), no stdin; environment variables only as granted.
+        let mut builder = WasiCtx::builder();
+        builder.stderr(stderr.clone());
+        for (name, value) in &grants.env {
+            builder.env(name, value);
+        }
+        let gate = HttpGate {
+            allow: grants.http_allow.clone(),
+            plugin: context.plugin.clone(),
+            version: context.version.clone(),
+        };
         Self {
-            wasi,
+            wasi: builder.build(),
+            http: WasiHttpCtx::new(),
+            gate,
             table: ResourceTable::new(),
             stderr,
             context,
             log_lines: 0,
             limiter: MemoryLimiter {
-                cap: memory_bytes,
+                cap: grants.memory_bytes,
                 exceeded: false,
             },
             deadline_hit: false,
@@ -85,6 +100,69 @@ impl WasiView for CallState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.gate,
+        }
+    }
+}
+
+/// Lets outgoing HTTP requests through only to the hosts the plugin's
+/// manifest allows; every other request fails inside the plugin with
+/// `HTTP request denied` and a log line.
+struct HttpGate {
+    allow: Vec<AllowedHost>,
+    plugin: String,
+    version: String,
+}
+
+type Sent = wasmtime_wasi_http::Result<(
+    http::Response<wasmtime_wasi_http::WasiBody>,
+    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+)>;
+
+impl WasiHttpHooks for HttpGate {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        response_done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<dyn Future<Output = Sent> + Send> {
+        drop(response_done);
+        let uri = request.uri();
+        let host = uri.host().unwrap_or("").to_owned();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("http") {
+                80
+            } else {
+                443
+            });
+        if !self.allow.iter().any(|allowed| allowed.allows(&host, port)) {
+            tracing::warn!(
+                plugin = %self.plugin,
+                version = %self.version,
+                host = %host,
+                port,
+                "denied an HTTP request the plugin's manifest does not allow"
+            );
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        tracing::debug!(plugin = %self.plugin, host = %host, port, "plugin HTTP request");
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
     }
 }
 

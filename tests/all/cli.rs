@@ -44,3 +44,46 @@ fn check_rejects_invalid_file() {
     assert!(stderr.contains("broken.wasm cannot be loaded"), "{stderr}");
     assert!(stderr.contains("failed to compile"), "{stderr}");
 }
+
+#[test]
+fn check_shows_grants_and_warns() {
+    let folder = tempfile::tempdir().unwrap();
+    let file = folder.path().join("llm-openai.wasm");
+    std::fs::copy(
+        std::path::Path::new(COMPONENTS).join("llm-openai.wasm"),
+        &file,
+    )
+    .unwrap();
+
+    let (ok, stdout, stderr) = check(&file);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("wasi:http/outgoing-handler"), "{stdout}");
+    assert!(stdout.contains("manifest:     none"), "{stdout}");
+    assert!(
+        stdout
+            .contains("warning: the component imports wasi:http, but its manifest allows no host"),
+        "{stdout}"
+    );
+
+    std::fs::write(
+        folder.path().join("llm-openai.toml"),
+        "[http]\nallow = [\"api.example.com\"]\n[secrets]\nLLM_API_KEY = \"TASKHUB_UNSET_VARIABLE\"\n",
+    )
+    .unwrap();
+    let (ok, stdout, _) = check(&file);
+    assert!(ok);
+    assert!(stdout.contains("http allow:   api.example.com"), "{stdout}");
+    assert!(stdout.contains("secrets:      LLM_API_KEY"), "{stdout}");
+    assert!(!stdout.contains("allows no host"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "warning: secret LLM_API_KEY names a hub environment variable that is not set"
+        ),
+        "{stdout}"
+    );
+
+    std::fs::write(folder.path().join("llm-openai.toml"), "[http]\nallow = 3\n").unwrap();
+    let (ok, _, stderr) = check(&file);
+    assert!(!ok);
+    assert!(stderr.contains("invalid manifest"), "{stderr}");
+}

@@ -6,6 +6,7 @@ mod browser;
 mod cli;
 mod faults;
 mod hot_reload;
+mod llm;
 mod operations;
 mod processors;
 mod restart;

@@ -98,6 +98,15 @@ impl Hub {
     /// Starts the hub like [`Hub::start`] with `log` as its `RUST_LOG`
     /// filter; the filter must keep the `hub listening` line.
     pub fn start_with_log(files: &HubFiles, extra: &[&str], log: &str) -> Self {
+        Self::start_full(files, extra, log, &[])
+    }
+
+    /// Starts the hub like [`Hub::start`] with extra environment variables.
+    pub fn start_with_env(files: &HubFiles, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_full(files, extra, "info", env)
+    }
+
+    fn start_full(files: &HubFiles, extra: &[&str], log: &str, env: &[(&str, &str)]) -> Self {
         let listen: &[&str] = if extra.contains(&"--listen") {
             &[]
         } else {
@@ -124,6 +133,7 @@ impl Hub {
             .args(defaults)
             .args(extra)
             .env("RUST_LOG", log)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

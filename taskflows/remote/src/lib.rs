@@ -45,7 +45,12 @@ impl Guest for Remote {
                     None,
                 )
             },
-            definition("examples.remote.error", "Remote step failed", Some("[]"), None),
+            definition(
+                "examples.remote.error",
+                "Remote step failed",
+                Some("[]"),
+                None,
+            ),
         ]
     }
 }
