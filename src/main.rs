@@ -44,6 +44,15 @@ enum PluginCommand {
         /// The `.wasm` component.
         file: PathBuf,
     },
+    /// Switch a running hub's plugin back to the version its serving
+    /// version replaced.
+    Rollback {
+        /// The plugin's name.
+        name: String,
+        /// The running hub's address.
+        #[arg(long, env = "TASKHUB_URL", default_value = "http://127.0.0.1:8080")]
+        hub: String,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -139,6 +148,9 @@ async fn main() -> ExitCode {
         Some(Command::Plugin {
             command: PluginCommand::Check { file },
         }) => check(&file).await,
+        Some(Command::Plugin {
+            command: PluginCommand::Rollback { name, hub },
+        }) => rollback(&name, &hub).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -320,4 +332,26 @@ fn print_grants(file: &std::path::Path, plugin: &taskhub::plugin::LoadedPlugin) 
     for secret in &grants.missing_secrets {
         println!("warning: secret {secret} names a hub environment variable that is not set");
     }
+}
+
+async fn rollback(name: &str, hub: &str) -> anyhow::Result<()> {
+    let url = format!("{}/api/plugins/{name}/rollback", hub.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .send()
+        .await
+        .map_err(|err| anyhow::anyhow!("failed to reach the hub at {hub}: {err}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let message = body["error"]["message"].as_str().unwrap_or("no message");
+        anyhow::bail!("the hub refused the rollback ({status}): {message}");
+    }
+    println!(
+        "plugin {} rolled back: now {} (was {})",
+        body["name"].as_str().unwrap_or(name),
+        body["version"].as_str().unwrap_or(""),
+        body["replaced"].as_str().unwrap_or("")
+    );
+    Ok(())
 }

@@ -48,6 +48,8 @@ const FOLDER_CHECK: Duration = Duration::from_secs(1);
 /// Keeps the registry in step with one plugins folder.
 pub struct Reloader {
     dir: PathBuf,
+    /// Copies of every version that loaded, by hash, for rollbacks.
+    versions: PathBuf,
     host: Arc<PluginHost>,
     registry: Arc<PluginRegistry>,
     storage: Storage,
@@ -78,6 +80,7 @@ impl Reloader {
     /// Creates a reloader for the plugins folder `dir`.
     pub fn new(
         dir: PathBuf,
+        versions: PathBuf,
         host: Arc<PluginHost>,
         registry: Arc<PluginRegistry>,
         storage: Storage,
@@ -86,6 +89,7 @@ impl Reloader {
     ) -> Arc<Self> {
         Arc::new(Self {
             dir,
+            versions,
             host,
             registry,
             storage,
@@ -319,6 +323,7 @@ impl Reloader {
             );
         }
 
+        let bytes_kept = bytes.clone();
         let plugin = match self.host.load(&name, bytes, hash.clone(), grants).await {
             Ok(plugin) => plugin,
             Err(err) => {
@@ -326,6 +331,7 @@ impl Reloader {
                 return;
             }
         };
+        self.keep_version(&hash, &bytes_kept).await;
         let exports = serde_json::to_string(&plugin.exports).ok();
         let (from_cache, load_ms) = (plugin.from_cache, plugin.load_ms);
         let replaced = match self.registry.install(plugin, &file) {
@@ -373,6 +379,83 @@ impl Reloader {
             && let Err(err) = self.engine.dispatch_pending().await
         {
             tracing::error!(error = %err, "failed to dispatch pending tasks to a new plugin");
+        }
+    }
+
+    /// Keeps a copy of a version that loaded, so a rollback can restore
+    /// it after its file was replaced.
+    async fn keep_version(&self, hash: &str, bytes: &[u8]) {
+        let path = self.versions.join(format!("{hash}.wasm"));
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return;
+        }
+        let temporary = self.versions.join(format!(".{hash}.partial"));
+        let written = async {
+            tokio::fs::create_dir_all(&self.versions).await?;
+            tokio::fs::write(&temporary, bytes).await?;
+            tokio::fs::rename(&temporary, &path).await
+        }
+        .await;
+        if let Err(err) = written {
+            tracing::warn!(hash, error = %err, "failed to keep a copy of a plugin version; it cannot be rolled back to");
+        }
+    }
+
+    /// Switches plugin `name` back to the version its serving version
+    /// replaced, by writing that version's bytes to its file, and returns
+    /// the version it switched to.
+    ///
+    /// # Errors
+    ///
+    /// A message saying why there is nothing to roll back to.
+    pub async fn rollback(&self, name: &str) -> Result<RolledBack, RollbackError> {
+        let serving = self
+            .registry
+            .get(name)
+            .ok_or_else(|| RollbackError::NotLoaded(name.to_owned()))?;
+        let history = self
+            .storage
+            .plugin_versions(name)
+            .await
+            .map_err(|err| RollbackError::Failed(err.to_string()))?;
+        let previous = history
+            .iter()
+            .filter(|version| version.replaced_by.as_deref() == Some(serving.hash.as_str()))
+            .filter(|version| version.hash != serving.hash)
+            .max_by_key(|version| version.ended_at)
+            .ok_or_else(|| RollbackError::NoEarlier(name.to_owned()))?;
+        let kept = self.versions.join(format!("{}.wasm", previous.hash));
+        let bytes = tokio::fs::read(&kept)
+            .await
+            .map_err(|_| RollbackError::Missing(previous.hash.clone()))?;
+
+        // Write the file, as an operator would, so the folder stays the
+        // source of truth after a restart; then load it now.
+        let path = self.dir.join(format!("{name}.wasm"));
+        let temporary = self.dir.join(format!(".{name}.rollback"));
+        let written = async {
+            tokio::fs::write(&temporary, &bytes).await?;
+            tokio::fs::rename(&temporary, &path).await
+        }
+        .await;
+        written.map_err(|err| {
+            RollbackError::Failed(format!("failed to write {}: {err}", path.display()))
+        })?;
+        self.sync_file(&path).await;
+
+        match self.registry.get(name) {
+            Some(now) if now.hash == previous.hash => {
+                tracing::info!(plugin = %name, from = serving.short_hash(), to = &previous.hash[..12], "plugin rolled back");
+                Ok(RolledBack {
+                    name: name.to_owned(),
+                    version: previous.hash.clone(),
+                    replaced: serving.hash.clone(),
+                })
+            }
+            _ => Err(RollbackError::Failed(format!(
+                "version {} did not load again; GET /api/plugins shows why",
+                &previous.hash[..12]
+            ))),
         }
     }
 
@@ -436,6 +519,37 @@ impl Reloader {
             tracing::error!(error = %err, "failed to record a plugin version");
         }
     }
+}
+
+/// The outcome of a rollback.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledBack {
+    /// The plugin.
+    pub name: String,
+    /// The version serving now.
+    pub version: String,
+    /// The version it replaced.
+    pub replaced: String,
+}
+
+/// Why a rollback did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RollbackError {
+    /// No version of the plugin serves.
+    #[error("plugin `{0}` is not loaded")]
+    NotLoaded(String),
+    /// The serving version replaced none.
+    #[error("plugin `{0}` has no earlier version to roll back to")]
+    NoEarlier(String),
+    /// The earlier version's bytes are gone from the versions folder.
+    #[error(
+        "the copy of version {0} is missing from the versions folder; copy that file into the plugins folder by hand"
+    )]
+    Missing(String),
+    /// Reading or writing failed.
+    #[error("the rollback failed: {0}")]
+    Failed(String),
 }
 
 /// A path in the plugins folder that changed.

@@ -121,6 +121,7 @@ impl RunningHub {
 
         let reloader = Reloader::new(
             config.plugins.clone(),
+            config.cache_dir.join("versions"),
             host.clone(),
             registry.clone(),
             storage,
@@ -167,6 +168,7 @@ impl RunningHub {
                 sessions: Arc::new(config.sessions.clone()),
                 metrics: metrics.clone(),
                 openapi: Arc::default(),
+                reloader: reloader.clone(),
             },
             config.max_body_bytes,
         );

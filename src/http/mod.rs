@@ -50,6 +50,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The OpenAPI document as JSON, set once the router is built.
     pub openapi: Arc<OnceLock<String>>,
+    /// The plugins folder's keeper, for rollbacks.
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
 /// The document's fixed parts; the paths come from the router.
@@ -86,6 +88,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .routes(routes!(system::taskflows))
         .routes(routes!(system::taskflow_graph))
         .routes(routes!(system::plugins))
+        .routes(routes!(system::plugin_versions))
+        .routes(routes!(system::plugin_rollback))
         .routes(routes!(system::processors))
         .routes(routes!(system::processor_socket))
         .routes(routes!(tasks::start_task))

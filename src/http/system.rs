@@ -19,6 +19,8 @@ use super::schema::{ErrorBody, Health};
 use crate::engine::catalog::{MenuNode, TaskflowGraph};
 use crate::plugin::PluginStatus;
 use crate::processors::{ProcessorStatus, session};
+use crate::reload::{RollbackError, RolledBack};
+use crate::storage::PluginVersionRecord;
 
 /// Initial read buffer of a processor's WebSocket.
 const SOCKET_BUFFER_BYTES: usize = 4096;
@@ -105,6 +107,81 @@ pub async fn taskflow_graph(
 )]
 pub async fn plugins(State(state): State<AppState>) -> Json<Vec<PluginStatus>> {
     Json(state.registry.statuses())
+}
+
+/// Returns every recorded version of a plugin, newest first: when it
+/// loaded, when it stopped serving, and which version replaced it.
+#[utoipa::path(
+    get,
+    path = "/api/plugins/{name}/versions",
+    tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses(
+        (status = 200, description = "The versions, newest first", body = Vec<PluginVersionRecord>),
+        (status = 400, description = "The name is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "The hub never saw this plugin", body = ErrorBody),
+    )
+)]
+pub async fn plugin_versions(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<PluginVersionRecord>>, ApiError> {
+    let name = name.map(|Path(name)| name).map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            rejection.body_text(),
+        )
+    })?;
+    let versions = state
+        .engine
+        .storage()
+        .plugin_versions(&name)
+        .await
+        .map_err(|err| ApiError::internal(&err))?;
+    if versions.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "the hub has no record of plugin `{name}`"
+        )));
+    }
+    Ok(Json(versions))
+}
+
+/// Switches a plugin back to the version its serving version replaced, by
+/// writing that version's file into the plugins folder.
+#[utoipa::path(
+    post,
+    path = "/api/plugins/{name}/rollback",
+    tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses(
+        (status = 200, description = "The plugin serves the earlier version", body = RolledBack),
+        (status = 400, description = "The name is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "The plugin is not loaded", body = ErrorBody),
+        (status = 409, description = "There is no earlier version to go back to", body = ErrorBody),
+    )
+)]
+pub async fn plugin_rollback(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<RolledBack>, ApiError> {
+    let name = name.map(|Path(name)| name).map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            rejection.body_text(),
+        )
+    })?;
+    match state.reloader.rollback(&name).await {
+        Ok(rolled_back) => Ok(Json(rolled_back)),
+        Err(err @ RollbackError::NotLoaded(_)) => Err(ApiError::not_found(err.to_string())),
+        Err(err @ (RollbackError::NoEarlier(_) | RollbackError::Missing(_))) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_earlier_version",
+            err.to_string(),
+        )),
+        Err(err @ RollbackError::Failed(_)) => Err(ApiError::internal(&err)),
+    }
 }
 
 /// Returns the connected processors.

@@ -128,6 +128,24 @@ pub struct ThreadRecord {
     pub updated_at: i64,
 }
 
+/// One recorded version of a plugin.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginVersionRecord {
+    /// Content hash.
+    pub hash: String,
+    /// `loaded`, `rejected`, `replaced` or `unloaded`.
+    pub status: String,
+    /// Why it was rejected.
+    pub error: Option<String>,
+    /// Unix milliseconds it was loaded or rejected.
+    pub loaded_at: i64,
+    /// Unix milliseconds it stopped serving.
+    pub ended_at: Option<i64>,
+    /// The version that replaced it.
+    pub replaced_by: Option<String>,
+}
+
 /// The database: a pool of readers and the one writer.
 #[derive(Clone)]
 pub struct Storage {
@@ -334,6 +352,36 @@ impl Storage {
             .fetch_optional(&self.readers)
             .await?;
         Ok(row.map(|row| row.try_get("output")).transpose()?)
+    }
+
+    /// Returns every recorded version of plugin `name`, newest first.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the query fails.
+    pub async fn plugin_versions(
+        &self,
+        name: &str,
+    ) -> Result<Vec<PluginVersionRecord>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT hash, status, error, loaded_at, ended_at, replaced_by FROM plugin_versions \
+             WHERE name = ? ORDER BY loaded_at DESC",
+        )
+        .bind(name)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PluginVersionRecord {
+                    hash: row.try_get("hash")?,
+                    status: row.try_get("status")?,
+                    error: row.try_get("error")?,
+                    loaded_at: row.try_get("loaded_at")?,
+                    ended_at: row.try_get("ended_at")?,
+                    replaced_by: row.try_get("replaced_by")?,
+                })
+            })
+            .collect()
     }
 
     /// Returns the live tasks dispatched to `provider`.

@@ -353,3 +353,74 @@ async fn missing_plugins_folder_is_created() {
     hub.wait_plugins(|plugins| plugin(plugins, "story").is_some())
         .await;
 }
+
+#[tokio::test]
+async fn rollback_restores_previous_version() {
+    let files = HubFiles::with_plugins(&["faults"]);
+    let hub = Hub::start(&files, &[]);
+    let plugins = hub
+        .wait_plugins(|plugins| plugin(plugins, "faults").is_some())
+        .await;
+    let first = plugin(&plugins, "faults").unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Nothing to go back to yet.
+    let (status, body) = hub.post("/api/plugins/faults/rollback", &json!(null)).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = hub
+        .post("/api/plugins/nothing/rollback", &json!(null))
+        .await;
+    assert_eq!(status, 404);
+
+    files.install("faults-b", "faults");
+    let plugins = hub
+        .wait_plugins(|plugins| {
+            plugin(plugins, "faults").is_some_and(|p| p["version"] != first.as_str())
+        })
+        .await;
+    let second = plugin(&plugins, "faults").unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The command-line client asks the running hub.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_taskhub"))
+        .args(["plugin", "rollback", "faults", "--hub", &hub.base])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(&format!("now {first}")), "{stdout}");
+
+    let (_, plugins) = hub.get("/api/plugins").await;
+    assert_eq!(
+        plugin(plugins.as_array().unwrap(), "faults").unwrap()["version"],
+        first.as_str()
+    );
+    assert_eq!(
+        std::fs::read(files.plugin_path("faults")).unwrap(),
+        crate::support::component("faults")
+    );
+    let started = hub
+        .start_task("testing.faults.run", json!({"mode": "ok"}))
+        .await;
+    let thread = hub
+        .wait_thread_end(started["threadId"].as_str().unwrap())
+        .await;
+    assert_eq!(thread["tasks"][0]["output"], json!({"variant": "a"}));
+
+    // The history names who replaced whom.
+    let (status, versions) = hub.get("/api/plugins/faults/versions").await;
+    assert_eq!(status, 200);
+    let versions = versions.as_array().unwrap();
+    let record = |hash: &str| versions.iter().find(|v| v["hash"] == hash).unwrap().clone();
+    assert_eq!(record(&first)["status"], "loaded");
+    assert_eq!(record(&second)["status"], "replaced");
+    assert_eq!(record(&second)["replacedBy"], first.as_str());
+}

@@ -20,6 +20,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/openapi.json"),
     ("get", "/api/taskflows"),
     ("get", "/api/plugins"),
+    ("get", "/api/plugins/{name}/versions"),
+    ("post", "/api/plugins/{name}/rollback"),
     ("get", "/api/processors"),
     ("get", "/ws"),
     ("post", "/api/tasks"),
