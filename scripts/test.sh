@@ -32,3 +32,6 @@ cargo run --release --example load -- --requests 500 --concurrency 16
 
 # The API against its own OpenAPI document.
 scripts/check-api.sh 25
+
+# Each fuzz target for a few seconds from its committed corpus.
+scripts/fuzz.sh 10
