@@ -424,3 +424,40 @@ async fn rollback_restores_previous_version() {
     assert_eq!(record(&second)["status"], "replaced");
     assert_eq!(record(&second)["replacedBy"], first.as_str());
 }
+
+#[tokio::test]
+async fn slow_copy_loads_once() {
+    let files = HubFiles::new();
+    let hub = Hub::start(&files, &[]);
+
+    // Write the component in small pieces over about half a second, as a
+    // slow copy or an editor would, then close the file.
+    let bytes = crate::support::component("faults");
+    let mut file = std::fs::File::create(files.plugin_path("faults")).unwrap();
+    for chunk in bytes.chunks(bytes.len() / 25 + 1) {
+        file.write_all(chunk).unwrap();
+        file.flush().unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(file);
+
+    hub.wait_plugins(|plugins| plugin(plugins, "faults").is_some_and(|p| p["status"] == "loaded"))
+        .await;
+    let started = hub
+        .start_task("testing.faults.run", json!({"mode": "ok"}))
+        .await;
+    hub.wait_thread_end(started["threadId"].as_str().unwrap())
+        .await;
+    let (_, plugins) = hub.get("/api/plugins").await;
+    let faults = plugin(plugins.as_array().unwrap(), "faults").unwrap();
+    assert!(
+        faults["lastError"].is_null(),
+        "a partial file was loaded: {faults}"
+    );
+    assert!(
+        !hub.logs_contain("plugin rejected"),
+        "a partial file was read"
+    );
+    let (_, versions) = hub.get("/api/plugins/faults/versions").await;
+    assert_eq!(versions.as_array().unwrap().len(), 1, "{versions}");
+}
