@@ -162,6 +162,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let stop = shutdown_signal()?;
     let hub = RunningHub::start(HubConfig {
         listen: args.listen,
         plugins: args.plugins.clone(),
@@ -191,25 +192,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     })
     .await?;
-    shutdown_signal().await;
+    stop.await;
     hub.stop(Duration::from_secs_f64(args.shutdown_grace_secs.max(0.0)))
         .await
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Returns a future that resolves on SIGTERM or Ctrl-C. The handlers are
+/// installed when this is called, so a signal that arrives while the hub
+/// starts is not lost (nor does it kill the process the default way).
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("failed to install the SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 async fn check(file: &std::path::Path) -> anyhow::Result<()> {
