@@ -101,6 +101,7 @@ fn merge_and_templates(criterion: &mut Criterion) {
             let context = TemplateContext {
                 input: &input,
                 outputs: &outputs,
+                user: &Value::Null,
             };
             black_box(fill(black_box(&config), &context).unwrap())
         })

@@ -143,6 +143,7 @@ async fn start_hub(folder: &std::path::Path) -> anyhow::Result<RunningHub> {
             pending_timeout: None,
         },
         parent: None,
+        rate_limits: taskhub::auth::RateLimits::default(),
     })
     .await
 }
@@ -352,6 +353,8 @@ async fn storage_ceiling(folder: &std::path::Path, args: &Args) -> anyhow::Resul
                     error: None,
                     user_id: None,
                     group_id: None,
+                    mode: "new".into(),
+                    mode_key: None,
                     task_count: 1,
                     created_at: now,
                     updated_at: now,

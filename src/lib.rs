@@ -4,6 +4,7 @@
 //! One module per concern; `docs/ARCHITECTURE.md` shows how a task moves
 //! through them.
 
+pub mod auth;
 pub mod engine;
 pub mod events;
 pub mod http;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use taskhub::auth::{RateLimits, admin};
 use taskhub::engine::Sweeps;
+use taskhub::storage::Storage;
 use taskhub::plugin::{Limits, PluginHost, content_hash, manifest};
 use taskhub::processors::session::SessionConfig;
 use taskhub::{HubConfig, ParentConfig, RunningHub};
@@ -34,6 +36,96 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Add users. Once one exists, every request needs a token or a login.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Add groups and members.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Create, list and revoke API and processor tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+#[derive(Args)]
+struct DbArg {
+    /// SQLite database file of the hub.
+    #[arg(long, env = "TASKHUB_DB", default_value = "taskhub.db", global = true)]
+    db: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user.
+    Add {
+        /// The user name (letters, digits, '.', '_', '-', '@').
+        name: String,
+        /// Read a password for browser login from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Profile fields as a JSON object, for `{{user.FIELD}}` templates.
+        #[arg(long, default_value = "{}")]
+        profile: String,
+    },
+    /// List users and their groups.
+    List,
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Add a group. Members of `admin` may roll plugins back.
+    Add {
+        /// The group name.
+        name: String,
+    },
+    /// Add a user to a group.
+    AddMember {
+        /// The group.
+        group: String,
+        /// The user.
+        user: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for USER and print it; it is shown only once.
+    Create {
+        /// The user the token acts for.
+        user: String,
+        /// A processor token, for `register` on /ws, instead of an API token.
+        #[arg(long)]
+        processor: bool,
+        /// A note on what the token is for.
+        #[arg(long)]
+        label: Option<String>,
+        /// Days until the token expires; without it, it never does.
+        #[arg(long)]
+        expires_in_days: Option<f64>,
+    },
+    /// List tokens (not their secrets), of one user or of everyone.
+    List {
+        /// Only this user's tokens.
+        user: Option<String>,
+    },
+    /// Revoke a token by its id or the whole token. A running hub stops
+    /// accepting it within 5 seconds.
+    Revoke {
+        /// The token id (`thk_<id>_...`) or the whole token.
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -52,6 +144,10 @@ enum PluginCommand {
         /// The running hub's address.
         #[arg(long, env = "TASKHUB_URL", default_value = "http://127.0.0.1:8080")]
         hub: String,
+        /// An API token of a member of the `admin` group (not needed in dev
+        /// mode).
+        #[arg(long, env = "TASKHUB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -119,6 +215,13 @@ struct ServeArgs {
     /// environment this hub's plugins provide.
     #[arg(long, env = "TASKHUB_PARENT_ENVIRONMENTS", value_delimiter = ',')]
     parent_environments: Vec<String>,
+    /// Starts and updates one user or token may make per second, on
+    /// average, once users exist; past it the hub answers 429.
+    #[arg(long, env = "TASKHUB_RATE_LIMIT_PER_SEC", default_value_t = 20)]
+    rate_limit_per_sec: u32,
+    /// Starts and updates one user or token may make at once.
+    #[arg(long, env = "TASKHUB_RATE_LIMIT_BURST", default_value_t = 100)]
+    rate_limit_burst: u32,
 }
 
 impl ServeArgs {
@@ -149,8 +252,11 @@ async fn main() -> ExitCode {
             command: PluginCommand::Check { file },
         }) => check(&file).await,
         Some(Command::Plugin {
-            command: PluginCommand::Rollback { name, hub },
-        }) => rollback(&name, &hub).await,
+            command: PluginCommand::Rollback { name, hub, token },
+        }) => rollback(&name, &hub, token.as_deref()).await,
+        Some(Command::User { command, db }) => users(command, &db.db).await,
+        Some(Command::Group { command, db }) => groups(command, &db.db).await,
+        Some(Command::Token { command, db }) => tokens(command, &db.db).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -186,6 +292,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             token: args.parent_token.clone(),
             environments: args.parent_environments.clone(),
         }),
+        rate_limits: RateLimits {
+            per_second: args.rate_limit_per_sec,
+            burst: args.rate_limit_burst,
+        },
         sweeps: Sweeps {
             pending_timeout: (args.pending_timeout_secs > 0.0)
                 .then(|| Duration::from_secs_f64(args.pending_timeout_secs)),
@@ -341,10 +451,13 @@ fn print_grants(file: &std::path::Path, plugin: &taskhub::plugin::LoadedPlugin) 
     }
 }
 
-async fn rollback(name: &str, hub: &str) -> anyhow::Result<()> {
+async fn rollback(name: &str, hub: &str, token: Option<&str>) -> anyhow::Result<()> {
     let url = format!("{}/api/plugins/{name}/rollback", hub.trim_end_matches('/'));
-    let response = reqwest::Client::new()
-        .post(&url)
+    let mut request = reqwest::Client::new().post(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
         .send()
         .await
         .map_err(|err| anyhow::anyhow!("failed to reach the hub at {hub}: {err}"))?;
@@ -361,4 +474,102 @@ async fn rollback(name: &str, hub: &str) -> anyhow::Result<()> {
         body["replaced"].as_str().unwrap_or("")
     );
     Ok(())
+}
+
+async fn users(command: UserCommand, db: &std::path::Path) -> anyhow::Result<()> {
+    let storage = open(db).await?;
+    let result = match command {
+        UserCommand::Add {
+            name,
+            password_stdin,
+            profile,
+        } => {
+            let profile: serde_json::Value = serde_json::from_str(&profile)
+                .map_err(|err| anyhow::anyhow!("--profile is not JSON: {err}"))?;
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                Some(line.trim_end_matches(['\r', '\n']).to_owned())
+            } else {
+                None
+            };
+            admin::add_user(&storage, &name, password.as_deref(), profile).await.map(|()| {
+                println!("user {name} added");
+                if password.is_none() {
+                    println!("create a token with `taskhub token create {name}`");
+                }
+            })
+        }
+        UserCommand::List => list_users(&storage).await,
+    };
+    storage.close().await;
+    result
+}
+
+async fn list_users(storage: &Storage) -> anyhow::Result<()> {
+    for user in storage.users().await? {
+        let groups = storage.groups_of(&user).await?;
+        println!("{user}\t{}", groups.join(","));
+    }
+    Ok(())
+}
+
+async fn groups(command: GroupCommand, db: &std::path::Path) -> anyhow::Result<()> {
+    let storage = open(db).await?;
+    let result = match command {
+        GroupCommand::Add { name } => admin::add_group(&storage, &name)
+            .await
+            .map(|()| println!("group {name} added")),
+        GroupCommand::AddMember { group, user } => admin::add_member(&storage, &group, &user)
+            .await
+            .map(|()| println!("user {user} is a member of {group}")),
+    };
+    storage.close().await;
+    result
+}
+
+async fn tokens(command: TokenCommand, db: &std::path::Path) -> anyhow::Result<()> {
+    let storage = open(db).await?;
+    let result = match command {
+        TokenCommand::Create {
+            user,
+            processor,
+            label,
+            expires_in_days,
+        } => admin::create_token(&storage, &user, processor, label, expires_in_days)
+            .await
+            .map(|token| println!("{token}")),
+        TokenCommand::List { user } => list_tokens(&storage, user.as_deref()).await,
+        TokenCommand::Revoke { token } => admin::revoke_token(&storage, &token)
+            .await
+            .map(|record| println!("token {} of {} revoked", record.token_id, record.user_id)),
+    };
+    storage.close().await;
+    result
+}
+
+async fn list_tokens(storage: &Storage, user: Option<&str>) -> anyhow::Result<()> {
+    let now = taskhub::engine::task::now_millis();
+    println!("ID\tUSER\tKIND\tSTATE\tLABEL");
+    for token in storage.tokens(user).await? {
+        let state = match (token.revoked_at, token.expires_at) {
+            (Some(_), _) => "revoked",
+            (None, Some(at)) if at <= now => "expired",
+            _ => "active",
+        };
+        let label = token.label.as_deref().unwrap_or("");
+        println!("{}\t{}\t{}\t{state}\t{label}", token.token_id, token.user_id, token.kind);
+    }
+    Ok(())
+}
+
+/// Opens the hub's database for the user, group and token commands.
+async fn open(db: &std::path::Path) -> anyhow::Result<Storage> {
+    if !db.exists() {
+        eprintln!(
+            "note: no database at {}, creating it; pass the hub's --db if that is not what you meant",
+            db.display()
+        );
+    }
+    Ok(Storage::open(db).await?)
 }

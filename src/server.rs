@@ -11,6 +11,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::auth::{Auth, RateLimits};
 use crate::engine::{Engine, Sweeps};
 use crate::events::Events;
 use crate::http::{self, AppState};
@@ -43,6 +44,8 @@ pub struct HubConfig {
     pub sweeps: Sweeps,
     /// A parent hub to serve this hub's plugin environments to.
     pub parent: Option<ParentConfig>,
+    /// Rate limits on starts and updates, per user and per token.
+    pub rate_limits: RateLimits,
 }
 
 /// Settings for registering with a parent hub.
@@ -98,6 +101,7 @@ impl RunningHub {
         let address = listener.local_addr()?;
         let database_lock = lock_database(&config.db)?;
         let storage = Storage::open(&config.db).await?;
+        let auth = Arc::new(Auth::new(storage.clone(), address, config.rate_limits).await?);
         let cache = ArtifactCache::new(&config.cache_dir).with_context(|| {
             format!(
                 "failed to create the cache folder {}",
@@ -169,6 +173,7 @@ impl RunningHub {
                 metrics: metrics.clone(),
                 openapi: Arc::default(),
                 reloader: reloader.clone(),
+                auth: auth.clone(),
             },
             config.max_body_bytes,
         );

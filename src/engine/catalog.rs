@@ -318,9 +318,24 @@ impl Catalog {
 
     /// Returns the menu: every start definition and the nodes above it.
     pub fn menu(&self) -> Vec<MenuNode> {
+        self.menu_for(None)
+    }
+
+    /// Returns the menu of someone in `groups`: the start definitions whose
+    /// `config.groups` allows one of them (or that allow everyone), and the
+    /// nodes above them. `None` shows every start definition.
+    pub fn menu_for(&self, groups: Option<&[String]>) -> Vec<MenuNode> {
         let mut roots: Vec<MenuNode> = Vec::new();
         for id in &self.order {
-            if self.resolved[id].start {
+            let definition = &self.resolved[id];
+            if !definition.start {
+                continue;
+            }
+            let allowed = match (groups, start_groups(definition)) {
+                (Some(groups), Some(allowed)) => allowed.iter().any(|group| groups.contains(group)),
+                _ => true,
+            };
+            if allowed {
                 self.insert_path(&mut roots, id);
             }
         }
@@ -358,6 +373,39 @@ impl Catalog {
             .get(id)
             .cloned()
             .unwrap_or_else(|| id.rsplit('.').next().unwrap_or(id).to_owned())
+    }
+}
+
+/// Returns the groups allowed to start a definition, from its (inherited)
+/// `config.groups`; `None` allows everyone.
+pub fn start_groups(definition: &ResolvedDefinition) -> Option<Vec<String>> {
+    let groups = definition.config.get("groups")?.as_array()?;
+    Some(groups.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+}
+
+/// Returns a definition's thread mode from its `config.threadMode`: `new`
+/// (the default), `user`, `group` or `session`.
+///
+/// # Errors
+///
+/// A message when the value is something else.
+pub fn thread_mode(definition: &ResolvedDefinition) -> Result<&'static str, String> {
+    match definition.config.get("threadMode") {
+        None | Some(Value::Null) => Ok("new"),
+        Some(Value::String(mode)) => match mode.as_str() {
+            "new" => Ok("new"),
+            "user" => Ok("user"),
+            "group" => Ok("group"),
+            "session" => Ok("session"),
+            other => Err(format!(
+                "task {}: `config.threadMode` is {other:?}; use new, user, group or session",
+                definition.id
+            )),
+        },
+        Some(other) => Err(format!(
+            "task {}: `config.threadMode` must be a string, not {other}",
+            definition.id
+        )),
     }
 }
 

@@ -93,9 +93,30 @@ pub struct StartRequest {
     /// Its input.
     pub input: Value,
     /// Who starts it.
-    pub user_id: Option<String>,
-    /// The group it runs for.
+    pub user_id: String,
+    /// The groups that user belongs to.
+    pub groups: Vec<String>,
+    /// Whether the user may start any task, whatever its `config.groups`
+    /// (dev mode).
+    pub unrestricted: bool,
+    /// The group to run it for; by default the first of the user's groups
+    /// that the task allows.
     pub group_id: Option<String>,
+    /// The login session or token it came with, for the `session` thread
+    /// mode.
+    pub session: Option<String>,
+    /// The user's profile, for `{{user.FIELD}}` templates.
+    pub profile: Value,
+}
+
+/// What a start request did.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The new thread's first task, or the rejoined thread's latest task.
+    pub task: Task,
+    /// Whether the request joined a running thread instead of starting one
+    /// (the `user`, `group` and `session` thread modes).
+    pub rejoined: bool,
 }
 
 /// Who sent an update; decides what an unfinished result means.
@@ -197,7 +218,7 @@ impl Engine {
     ///
     /// [`EngineError::UnknownTask`] or [`EngineError::NotStartable`] for a
     /// bad id; storage errors otherwise.
-    pub async fn start(self: &Arc<Self>, request: StartRequest) -> Result<Task, EngineError> {
+    pub async fn start(self: &Arc<Self>, request: StartRequest) -> Result<Started, EngineError> {
         let snapshot = self.plugins.snapshot();
         let definition = snapshot
             .catalog
@@ -207,6 +228,15 @@ impl Engine {
         if !definition.start {
             return Err(EngineError::NotStartable(request.id));
         }
+        let allowed = catalog::start_groups(&definition);
+        if !request.unrestricted
+            && let Some(allowed) = &allowed
+            && !allowed.iter().any(|group| request.groups.contains(group))
+        {
+            // Answered like an unknown id, so ids do not leak.
+            tracing::warn!(user_id = %request.user_id, task_id = %request.id, "start refused: not in an allowed group");
+            return Err(EngineError::UnknownTask(request.id));
+        }
         let depth = merge::nesting_depth(&request.input);
         if depth > merge::MAX_DEPTH {
             return Err(EngineError::Invalid(format!(
@@ -215,22 +245,84 @@ impl Engine {
             )));
         }
 
+        let group_id = match &request.group_id {
+            Some(group) if !request.unrestricted && !request.groups.contains(group) => {
+                return Err(EngineError::Invalid(format!(
+                    "you are not a member of group `{group}`; leave `groupId` out or name one of yours"
+                )));
+            }
+            Some(group) => Some(group.clone()),
+            None => match &allowed {
+                Some(allowed) => request.groups.iter().find(|group| allowed.contains(group)).cloned(),
+                None => request.groups.first().cloned(),
+            },
+        };
+        let mode = catalog::thread_mode(&definition).map_err(EngineError::Invalid)?;
+        let mode_key = match mode {
+            "new" => None,
+            "user" => Some(format!("user:{}", request.user_id)),
+            "group" => Some(format!(
+                "group:{}",
+                group_id.as_deref().ok_or_else(|| EngineError::Invalid(format!(
+                    "task {} runs one thread per group, and you belong to no group it allows",
+                    request.id
+                )))?
+            )),
+            _ => Some(format!(
+                "session:{}",
+                request.session.as_deref().unwrap_or(&request.user_id)
+            )),
+        };
+        if let Some(key) = &mode_key
+            && let Some(task) = self.running_task(&definition.id, key).await?
+        {
+            return Ok(Started { task, rejoined: true });
+        }
+
         let thread = ThreadContext {
             thread_id: uuid::Uuid::now_v7().to_string(),
-            user_id: request.user_id,
-            group_id: request.group_id,
+            user_id: Some(request.user_id.clone()),
+            group_id,
+            mode: mode.to_owned(),
+            mode_key: mode_key.clone(),
+            profile: request.profile,
         };
-        let mut plan = Plan::new(
-            self.providers(&snapshot),
-            thread,
-            HashMap::new(),
-            now_millis(),
-        );
+        let mut plan = Plan::new(self.providers(&snapshot), thread, HashMap::new(), now_millis());
         plan.insert_thread(&definition.id);
         let first = plan.enter(&definition, request.input, None, 1, false);
         plan.finish_thread();
-        self.execute(plan).await?;
-        Ok(first.task)
+        match self.execute(plan).await {
+            Ok(()) => Ok(Started {
+                task: first.task,
+                rejoined: false,
+            }),
+            // Another start for the same key won the race: join its thread.
+            Err(EngineError::Write(WriteError::Database(message)))
+                if message.contains("UNIQUE") && mode_key.is_some() =>
+            {
+                let key = mode_key.expect("checked above");
+                match self.running_task(&definition.id, &key).await? {
+                    Some(task) => Ok(Started { task, rejoined: true }),
+                    None => Err(EngineError::Write(WriteError::Database(message))),
+                }
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Returns the latest task of the running thread of `start_task_id`
+    /// that belongs to `mode_key`.
+    async fn running_task(&self, start_task_id: &str, mode_key: &str) -> Result<Option<Task>, EngineError> {
+        let Some(thread_id) = self.storage.running_thread_for(start_task_id, mode_key).await? else {
+            return Ok(None);
+        };
+        let records = self.storage.thread_tasks(&thread_id).await?;
+        let Some(record) = records.last() else {
+            return Ok(None);
+        };
+        let instance = Instance::from_record(record)
+            .map_err(|err| EngineError::Invalid(format!("stored task {} is unreadable: {err}", record.instance_id)))?;
+        Ok(Some(instance.task))
     }
 
     /// Merges `update` (a partial task carrying `version`) into task
@@ -380,8 +472,9 @@ impl Engine {
             return self.fail(updated, expected, error).await;
         }
         let snapshot = self.plugins.snapshot();
-        let thread = thread_of(&updated.task);
+        let mut thread = thread_of(&updated.task);
         let outputs = if updated.task.is_done() && next_needs_outputs(&snapshot, &updated.task) {
+            thread.profile = self.profile(updated.task.user_id.as_deref()).await?;
             self.thread_outputs(&updated.task.thread_id).await?
         } else {
             HashMap::new()
@@ -417,7 +510,8 @@ impl Engine {
         message: String,
     ) -> Result<Task, EngineError> {
         let snapshot = self.plugins.snapshot();
-        let thread = thread_of(&instance.task);
+        let mut thread = thread_of(&instance.task);
+        thread.profile = self.profile(instance.task.user_id.as_deref()).await?;
         let outputs = self.thread_outputs(&instance.task.thread_id).await?;
         let mut plan = Plan::new(self.providers(&snapshot), thread, outputs, now_millis());
         let task = plan.fail(instance, Some(expected), message).task;
@@ -430,6 +524,19 @@ impl Engine {
         Providers {
             plugins: snapshot,
             processors: &self.processors,
+        }
+    }
+
+    /// Returns the profile of the user who started a thread, for
+    /// `{{user.FIELD}}` templates in its later steps.
+    async fn profile(&self, user_id: Option<&str>) -> Result<Value, EngineError> {
+        let Some(user_id) = user_id else {
+            return Ok(Value::Null);
+        };
+        match self.storage.user(user_id).await? {
+            Some(user) => Ok(crate::auth::profile(&user)),
+            None if user_id == crate::auth::LOCAL_USER => Ok(crate::auth::Auth::dev_principal().profile),
+            None => Ok(Value::Null),
         }
     }
 
@@ -475,6 +582,9 @@ fn thread_of(task: &Task) -> ThreadContext {
         thread_id: task.thread_id.clone(),
         user_id: task.user_id.clone(),
         group_id: task.group_id.clone(),
+        mode: "new".into(),
+        mode_key: None,
+        profile: Value::Null,
     }
 }
 

@@ -168,6 +168,13 @@ pub struct ThreadContext {
     pub user_id: Option<String>,
     /// The group it runs for.
     pub group_id: Option<String>,
+    /// How it was started: `new`, `user`, `group` or `session`.
+    pub mode: String,
+    /// The user, group or session whose one thread it is.
+    pub mode_key: Option<String>,
+    /// Profile of the user who started it, for `{{user.FIELD}}` templates;
+    /// `null` when not loaded.
+    pub profile: Value,
 }
 
 /// A change a plan logs and publishes once it is committed.
@@ -239,6 +246,8 @@ impl<'a> Plan<'a> {
             error: None,
             user_id: self.thread.user_id.clone(),
             group_id: self.thread.group_id.clone(),
+            mode: self.thread.mode.clone(),
+            mode_key: self.thread.mode_key.clone(),
             task_count: 0,
             created_at: self.now,
             updated_at: self.now,
@@ -304,6 +313,7 @@ impl<'a> Plan<'a> {
             let context = TemplateContext {
                 input: &instance.task.input,
                 outputs: &self.outputs,
+                user: &self.thread.profile,
             };
             match template::fill(&instance.task.config, &context) {
                 Ok(config) => instance.task.config = config,

@@ -4,6 +4,8 @@
 //! placeholders, filled when the task instance starts:
 //!
 //! - `{{input.topic}}`: a value from the instance's input;
+//! - `{{user.name}}`: a field of the profile of the user who started the
+//!   thread (`user.id` is the user name);
 //! - `{{outputs.examples.story.summarize.text}}`: a value from the latest
 //!   output of an earlier task in the same thread. The task id is the
 //!   longest prefix of the path that names a task with an output, so dotted
@@ -25,6 +27,8 @@ pub struct TemplateContext<'a> {
     pub input: &'a Value,
     /// Latest output of each task id in the thread.
     pub outputs: &'a HashMap<String, Value>,
+    /// Profile of the user who started the thread (`null` when unknown).
+    pub user: &'a Value,
 }
 
 /// The reason a template could not be filled.
@@ -176,8 +180,13 @@ fn resolve<'a>(
                 ))
             })
         }
+        "user" => walk(context.user, path).ok_or_else(|| {
+            unresolved(format!(
+                "the user's profile has no value at `{path}`; set it with `taskhub user add NAME --profile JSON`"
+            ))
+        }),
         _ => Err(unresolved(format!(
-            "unknown root `{root}`; templates start with `input.` or `outputs.`"
+            "unknown root `{root}`; templates start with `input.`, `outputs.` or `user.`"
         ))),
     }
 }
@@ -241,6 +250,7 @@ mod tests {
             &TemplateContext {
                 input: &input,
                 outputs: &outputs,
+                user: &json!({"id": "ada", "name": "Ada", "language": "en"}),
             },
         )
     }
@@ -323,8 +333,16 @@ mod tests {
 
     #[test]
     fn unknown_root_is_error() {
-        let error = fill_with(json!("{{user.name}}")).unwrap_err();
-        assert!(error.to_string().contains("unknown root `user`"));
+        let error = fill_with(json!("{{group.name}}")).unwrap_err();
+        assert!(error.to_string().contains("unknown root `group`"));
+    }
+
+    #[test]
+    fn user_profile_fields_fill() {
+        let filled = fill_with(json!("Hello {{user.name}} ({{user.language}})")).unwrap();
+        assert_eq!(filled, json!("Hello Ada (en)"));
+        let error = fill_with(json!("{{user.phone}}")).unwrap_err();
+        assert!(error.to_string().contains("profile has no value at `phone`"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    header: Option<(axum::http::HeaderName, axum::http::HeaderValue)>,
 }
 
 impl ApiError {
@@ -27,7 +28,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            header: None,
         }
+    }
+
+    /// Adds a header to the response, such as `Retry-After`.
+    pub fn with_header(mut self, name: axum::http::HeaderName, value: axum::http::HeaderValue) -> Self {
+        self.header = Some((name, value));
+        self
     }
 
     /// 400: the body is not JSON.
@@ -64,7 +72,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some((name, value)) = self.header {
+            response.headers_mut().insert(name, value);
+        }
+        response
     }
 }
 

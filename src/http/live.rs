@@ -13,7 +13,12 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
+use std::collections::HashMap;
+
 use super::AppState;
+use super::auth::{Caller, can_access};
+use crate::auth::Principal;
+use crate::storage::Storage;
 use super::error::ApiError;
 use super::schema::ErrorBody;
 use crate::events::Event;
@@ -40,13 +45,16 @@ pub struct EventFilter {
     path = "/api/events",
     tag = "hub",
     params(EventFilter),
+    security(("bearer" = []), ("session" = [])),
     responses(
+        (status = 401, description = "No valid token or session", body = ErrorBody),
         (status = 200, description = "A stream of server-sent events", body = String, content_type = "text/event-stream"),
         (status = 400, description = "Invalid filter", body = ErrorBody),
     )
 )]
 pub async fn events(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     filter: Result<Query<EventFilter>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let Query(filter) = filter.map_err(|rejection| {
@@ -61,9 +69,14 @@ pub async fn events(
     })?;
     let receiver = state.engine.events().subscribe();
     let shutdown = state.engine.shutdown_signal();
+    let visible = Visibility {
+        caller,
+        storage: state.engine.storage().clone(),
+        known: HashMap::new(),
+    };
     let stream = futures_util::stream::unfold(
-        (receiver, shutdown, filter.thread_id),
-        |(mut receiver, mut shutdown, thread_id)| async move {
+        (receiver, shutdown, filter.thread_id, visible),
+        |(mut receiver, mut shutdown, thread_id, mut visible)| async move {
             loop {
                 if *shutdown.borrow() {
                     return None;
@@ -78,21 +91,51 @@ pub async fn events(
                         let event = SseEvent::default()
                             .event("resync")
                             .data(format!("{{\"missed\":{missed}}}"));
-                        return Some((Ok(event), (receiver, shutdown, thread_id)));
+                        return Some((Ok(event), (receiver, shutdown, thread_id, visible)));
                     }
                     Err(RecvError::Closed) => return None,
                 };
-                if !matches_thread(&event, thread_id.as_deref()) {
+                if !matches_thread(&event, thread_id.as_deref()) || !visible.allows(&event).await {
                     continue;
                 }
                 let Some(event) = to_sse(&event) else {
                     continue;
                 };
-                return Some((Ok(event), (receiver, shutdown, thread_id)));
+                return Some((Ok(event), (receiver, shutdown, thread_id, visible)));
             }
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Which threads' events a caller may see, with what was already looked up.
+struct Visibility {
+    caller: Principal,
+    storage: Storage,
+    /// Thread id → whether the caller may see it.
+    known: HashMap<String, bool>,
+}
+
+impl Visibility {
+    async fn allows(&mut self, event: &Event) -> bool {
+        if self.caller.is_dev() {
+            return true;
+        }
+        let thread_id = match event {
+            Event::TaskChanged { task } => &task.thread_id,
+            Event::ThreadEnded { thread_id, .. } => thread_id,
+            _ => return true,
+        };
+        if let Some(allowed) = self.known.get(thread_id) {
+            return *allowed;
+        }
+        let allowed = matches!(
+            self.storage.thread(thread_id).await,
+            Ok(Some(thread)) if can_access(&self.caller, &thread)
+        );
+        self.known.insert(thread_id.clone(), allowed);
+        allowed
+    }
 }
 
 fn matches_thread(event: &Event, thread_id: Option<&str>) -> bool {

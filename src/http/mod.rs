@@ -4,6 +4,7 @@
 //! Every route is registered through [`OpenApiRouter`], so the document at
 //! `GET /api/openapi.json` lists exactly the routes the router serves.
 
+mod auth;
 mod body;
 mod error;
 mod live;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub openapi: Arc<OnceLock<String>>,
     /// The plugins folder's keeper, for rollbacks.
     pub reloader: Arc<crate::reload::Reloader>,
+    /// Who is calling: tokens, sessions, dev mode, rate limits.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// The document's fixed parts; the paths come from the router.
@@ -70,9 +73,38 @@ pub struct AppState {
         (name = "processors", description = "Remote processors over WebSocket"),
         (name = "hub", description = "Health, metrics, events and this document"),
         (name = "ui", description = "The browser UI"),
-    )
+        (name = "session", description = "Log in and out of the browser UI"),
+    ),
+    modifiers(&SecuritySchemes)
 )]
 struct ApiDoc;
+
+/// Declares the two ways to authenticate: a bearer token and the browser
+/// session cookie.
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A token from `taskhub token create USER`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                auth::SESSION_COOKIE,
+                "The browser session from POST /api/session",
+            ))),
+        );
+    }
+}
 
 /// Builds the router and its OpenAPI document. `max_body_bytes` limits
 /// request bodies.
@@ -85,6 +117,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .routes(routes!(ui::script))
         .routes(routes!(ui::style))
         .routes(routes!(live::events))
+        .routes(routes!(auth::me, auth::login, auth::logout))
         .routes(routes!(system::taskflows))
         .routes(routes!(system::taskflow_graph))
         .routes(routes!(system::plugins))

@@ -14,6 +14,8 @@ use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::auth::Caller;
+use crate::auth::ADMIN_GROUP;
 use super::error::ApiError;
 use super::schema::{ErrorBody, Health};
 use crate::engine::catalog::{MenuNode, TaskflowGraph};
@@ -56,8 +58,13 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     tag = "taskflows",
     responses((status = 200, description = "The menu tree", body = Vec<MenuNode>))
 )]
-pub async fn taskflows(State(state): State<AppState>) -> Json<Vec<MenuNode>> {
-    Json(state.registry.snapshot().catalog.menu())
+pub async fn taskflows(State(state): State<AppState>, Caller(caller): Caller) -> Json<Vec<MenuNode>> {
+    let catalog = &state.registry.snapshot().catalog;
+    Json(if caller.is_dev() {
+        catalog.menu()
+    } else {
+        catalog.menu_for(Some(&caller.groups))
+    })
 }
 
 /// Returns the tasks of one taskflow and the `next` and `error` edges
@@ -67,7 +74,11 @@ pub async fn taskflows(State(state): State<AppState>) -> Json<Vec<MenuNode>> {
     path = "/api/taskflows/{taskflowId}",
     tag = "taskflows",
     params(("taskflowId" = String, Path, description = "A taskflow id, e.g. `examples.story`")),
+    security(("bearer" = []), ("session" = [])),
+    security(("bearer" = []), ("session" = [])),
     responses(
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
         (status = 200, description = "The taskflow's graph", body = TaskflowGraph),
         (status = 400, description = "The id is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "No loaded task is below this id", body = ErrorBody),
@@ -75,6 +86,7 @@ pub async fn taskflows(State(state): State<AppState>) -> Json<Vec<MenuNode>> {
 )]
 pub async fn taskflow_graph(
     State(state): State<AppState>,
+    Caller(_caller): Caller,
     taskflow_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TaskflowGraph>, ApiError> {
     let taskflow_id = taskflow_id.map(|Path(id)| id).map_err(|rejection| {
@@ -105,7 +117,7 @@ pub async fn taskflow_graph(
     tag = "plugins",
     responses((status = 200, description = "The plugins, by name", body = Vec<PluginStatus>))
 )]
-pub async fn plugins(State(state): State<AppState>) -> Json<Vec<PluginStatus>> {
+pub async fn plugins(State(state): State<AppState>, Caller(_caller): Caller) -> Json<Vec<PluginStatus>> {
     Json(state.registry.statuses())
 }
 
@@ -116,7 +128,11 @@ pub async fn plugins(State(state): State<AppState>) -> Json<Vec<PluginStatus>> {
     path = "/api/plugins/{name}/versions",
     tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name")),
+    security(("bearer" = []), ("session" = [])),
+    security(("bearer" = []), ("session" = [])),
     responses(
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
         (status = 200, description = "The versions, newest first", body = Vec<PluginVersionRecord>),
         (status = 400, description = "The name is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "The hub never saw this plugin", body = ErrorBody),
@@ -124,6 +140,7 @@ pub async fn plugins(State(state): State<AppState>) -> Json<Vec<PluginStatus>> {
 )]
 pub async fn plugin_versions(
     State(state): State<AppState>,
+    Caller(_caller): Caller,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<PluginVersionRecord>>, ApiError> {
     let name = name.map(|Path(name)| name).map_err(|rejection| {
@@ -154,17 +171,29 @@ pub async fn plugin_versions(
     path = "/api/plugins/{name}/rollback",
     tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name")),
+    security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "The plugin serves the earlier version", body = RolledBack),
         (status = 400, description = "The name is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "The plugin is not loaded", body = ErrorBody),
         (status = 409, description = "There is no earlier version to go back to", body = ErrorBody),
+        (status = 401, description = "Not logged in", body = ErrorBody),
+        (status = 403, description = "Not in the admin group", body = ErrorBody),
     )
 )]
 pub async fn plugin_rollback(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RolledBack>, ApiError> {
+    if !caller.is_admin() {
+        tracing::warn!(user_id = %caller.user_id, "rollback refused: not in the admin group");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("only members of the `{ADMIN_GROUP}` group may roll plugins back"),
+        ));
+    }
     let name = name.map(|Path(name)| name).map_err(|rejection| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -191,7 +220,7 @@ pub async fn plugin_rollback(
     tag = "processors",
     responses((status = 200, description = "The processors, by id", body = Vec<ProcessorStatus>))
 )]
-pub async fn processors(State(state): State<AppState>) -> Json<Vec<ProcessorStatus>> {
+pub async fn processors(State(state): State<AppState>, Caller(_caller): Caller) -> Json<Vec<ProcessorStatus>> {
     Json(state.engine.processors().statuses())
 }
 
@@ -201,7 +230,9 @@ pub async fn processors(State(state): State<AppState>) -> Json<Vec<ProcessorStat
     get,
     path = "/ws",
     tag = "processors",
+    security(("bearer" = []), ("session" = [])),
     responses(
+        (status = 401, description = "No valid token or session", body = ErrorBody),
         (status = 101, description = "Switched to the WebSocket protocol"),
         (status = 400, description = "Not a valid WebSocket upgrade request", body = ErrorBody),
         (status = 426, description = "The connection cannot be upgraded", body = ErrorBody),
@@ -230,7 +261,7 @@ pub async fn processor_socket(
         .write_buffer_size(0)
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| session::run(socket, address, state.engine, state.sessions)))
+        .on_upgrade(move |socket| session::run(socket, address, state.engine, state.sessions, state.auth)))
 }
 
 /// Renders the metrics in the Prometheus text format.

@@ -11,6 +11,8 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::auth::{Caller, can_access, check_rate, hidden};
+use crate::auth::Principal;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::schema::{ErrorBody, StartCommand, ThreadList, UpdateCommand};
@@ -34,8 +36,12 @@ const MAX_PAGE: u32 = 500;
     path = "/api/tasks",
     tag = "tasks",
     request_body = StartCommand,
+    security(("bearer" = []), ("session" = [])),
     responses(
         (status = 201, description = "The thread's first task", body = Task),
+        (status = 200, description = "A running thread of this task was joined (thread modes user, group, session); its latest task", body = Task),
+        (status = 401, description = "Not logged in", body = ErrorBody),
+        (status = 429, description = "Too many starts and updates; see Retry-After", body = ErrorBody),
         (status = 400, description = "Not JSON, or not a `start` command", body = ErrorBody),
         (status = 404, description = "No loaded taskflow defines the id", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -45,20 +51,33 @@ const MAX_PAGE: u32 = 500;
 )]
 pub async fn start_task(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
+    check_rate(&state, &caller)?;
     let task = command_task(
         &body,
         "start",
         "POST /api/tasks/{instanceId} takes `update`",
     )?;
     for field in task.keys() {
-        if field != "id" && field != "input" {
+        if field != "id" && field != "input" && field != "groupId" {
             return Err(ApiError::invalid_task(format!(
-                "field `{field}` cannot be set when starting a task; send only `id` and `input`"
+                "field `{field}` cannot be set when starting a task; send `id`, `input` and \
+                 optionally `groupId`"
             )));
         }
     }
+    let group_id = match task.get("groupId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(group)) => Some(group.clone()),
+        Some(other) => {
+            return Err(ApiError::invalid_task(format!(
+                "`task.groupId` must be a group name, not {}",
+                json_kind(other)
+            )));
+        }
+    };
     let id = match task.get("id") {
         Some(Value::String(id)) if !id.is_empty() => id.clone(),
         Some(Value::String(_)) => {
@@ -84,11 +103,20 @@ pub async fn start_task(
         .start(StartRequest {
             id,
             input,
-            user_id: None,
-            group_id: None,
+            user_id: caller.user_id.clone(),
+            groups: caller.groups.clone(),
+            unrestricted: caller.is_dev(),
+            group_id,
+            session: caller.credential.clone(),
+            profile: caller.profile.clone(),
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(started)))
+    let status = if started.rejoined {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(started.task)))
 }
 
 /// Updates a live task: merges the fields, and finishes the task when
@@ -99,11 +127,14 @@ pub async fn start_task(
     tag = "tasks",
     params(("instanceId" = String, Path, description = "The task instance")),
     request_body = UpdateCommand,
+    security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "The task after the update", body = Task),
         (status = 400, description = "Not JSON, or not an `update` command", body = ErrorBody),
         (status = 404, description = "No such task instance", body = ErrorBody),
         (status = 409, description = "Based on an old version, or the task is finished", body = ErrorBody),
+        (status = 401, description = "Not logged in", body = ErrorBody),
+        (status = 429, description = "Too many starts and updates; see Retry-After", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not `application/json`", body = ErrorBody),
         (status = 422, description = "Not a valid update", body = ErrorBody),
@@ -111,10 +142,13 @@ pub async fn start_task(
 )]
 pub async fn update_task(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     instance_id: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Task>, ApiError> {
     let instance_id = path_value(instance_id)?;
+    check_rate(&state, &caller)?;
+    authorize_task(&state, &caller, &instance_id).await?;
     let task = command_task(&body, "update", "POST /api/tasks takes `start`")?;
     let updated = state
         .engine
@@ -129,7 +163,9 @@ pub async fn update_task(
     path = "/api/tasks/{instanceId}",
     tag = "tasks",
     params(("instanceId" = String, Path, description = "The task instance")),
+    security(("bearer" = []), ("session" = [])),
     responses(
+        (status = 401, description = "No valid token or session", body = ErrorBody),
         (status = 200, description = "The task", body = Task),
         (status = 400, description = "The id is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "No such task instance", body = ErrorBody),
@@ -137,16 +173,11 @@ pub async fn update_task(
 )]
 pub async fn get_task(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     instance_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Task>, ApiError> {
     let instance_id = path_value(instance_id)?;
-    let (_, record) = state
-        .engine
-        .storage()
-        .task(&instance_id)
-        .await
-        .map_err(|err| ApiError::internal(&err))?
-        .ok_or_else(|| ApiError::not_found(format!("no task instance {instance_id}")))?;
+    let record = authorize_task(&state, &caller, &instance_id).await?;
     Ok(Json(task_from_record(&record)?))
 }
 
@@ -207,7 +238,9 @@ impl From<ThreadRecord> for ThreadSummary {
     path = "/api/threads/{threadId}",
     tag = "threads",
     params(("threadId" = String, Path, description = "The thread")),
+    security(("bearer" = []), ("session" = [])),
     responses(
+        (status = 401, description = "No valid token or session", body = ErrorBody),
         (status = 200, description = "The thread and its tasks", body = ThreadView),
         (status = 400, description = "The id is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "No such thread", body = ErrorBody),
@@ -215,6 +248,7 @@ impl From<ThreadRecord> for ThreadSummary {
 )]
 pub async fn get_thread(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     thread_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ThreadView>, ApiError> {
     let thread_id = path_value(thread_id)?;
@@ -223,7 +257,8 @@ pub async fn get_thread(
         .thread(&thread_id)
         .await
         .map_err(|err| ApiError::internal(&err))?
-        .ok_or_else(|| ApiError::not_found(format!("no thread {thread_id}")))?;
+        .filter(|thread| can_access(&caller, thread))
+        .ok_or_else(|| hidden(&caller, "thread", &thread_id))?;
     let records = storage
         .thread_tasks(&thread_id)
         .await
@@ -257,7 +292,9 @@ pub struct ThreadPage {
     path = "/api/threads",
     tag = "threads",
     params(ThreadPage),
+    security(("bearer" = []), ("session" = [])),
     responses(
+        (status = 401, description = "No valid token or session", body = ErrorBody),
         (status = 200, description = "A page of threads", body = ThreadList),
         (status = 400, description = "Invalid paging parameters", body = ErrorBody),
         (status = 404, description = "`before` names no thread", body = ErrorBody),
@@ -265,6 +302,7 @@ pub struct ThreadPage {
 )]
 pub async fn list_threads(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     page: Result<Query<ThreadPage>, QueryRejection>,
 ) -> Result<Json<ThreadList>, ApiError> {
     let Query(page) = page.map_err(|rejection| {
@@ -292,16 +330,21 @@ pub async fn list_threads(
                 .thread(thread_id)
                 .await
                 .map_err(|err| ApiError::internal(&err))?
+                .filter(|thread| can_access(&caller, thread))
                 .ok_or_else(|| {
                     ApiError::not_found(format!("no thread {thread_id} to page before"))
                 })?,
         ),
         None => None,
     };
-    let threads = storage
-        .threads(limit, cursor.as_ref())
-        .await
-        .map_err(|err| ApiError::internal(&err))?;
+    let threads = if caller.is_dev() {
+        storage.threads(limit, cursor.as_ref()).await
+    } else {
+        storage
+            .threads_of(&caller.user_id, &caller.groups, limit, cursor.as_ref())
+            .await
+    }
+    .map_err(|err| ApiError::internal(&err))?;
     let next = (threads.len() == limit as usize)
         .then(|| threads.last().map(|thread| thread.thread_id.clone()))
         .flatten();
@@ -357,6 +400,32 @@ fn command_task<'a>(
             "missing `task`: send {{\"command\": \"{expected}\", \"task\": {{...}}}}"
         ))),
     }
+}
+
+/// Reads task `instance_id` and checks the caller may see its thread;
+/// answers 404 otherwise, as for an unknown id.
+async fn authorize_task(
+    state: &AppState,
+    caller: &Principal,
+    instance_id: &str,
+) -> Result<TaskRecord, ApiError> {
+    let storage = state.engine.storage();
+    let record = storage
+        .task(instance_id)
+        .await
+        .map_err(|err| ApiError::internal(&err))?
+        .map(|(_, record)| record)
+        .ok_or_else(|| ApiError::not_found(format!("no task instance {instance_id}")))?;
+    if !caller.is_dev() {
+        let thread = storage
+            .thread(&record.thread_id)
+            .await
+            .map_err(|err| ApiError::internal(&err))?;
+        if !thread.is_some_and(|thread| can_access(caller, &thread)) {
+            return Err(hidden(caller, "task instance", instance_id));
+        }
+    }
+    Ok(record)
 }
 
 /// Returns a path parameter, or a JSON 400 when it is not valid UTF-8.

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::protocol::{self, Inbound, Outbound};
 use super::{Processor, RegisterError};
+use crate::auth::{Auth, AuthError};
 use crate::engine::{Engine, EngineError};
 use crate::events::Event;
 use crate::plugin::is_valid_environment;
@@ -76,8 +77,9 @@ pub async fn run(
     address: SocketAddr,
     engine: Arc<Engine>,
     config: Arc<SessionConfig>,
+    auth: Arc<Auth>,
 ) {
-    let Some((processor, outbound)) = register(&mut socket, address, &engine, &config).await else {
+    let Some((processor, outbound)) = register(&mut socket, address, &engine, &config, &auth).await else {
         return;
     };
     tracing::info!(
@@ -117,6 +119,7 @@ async fn register(
     address: SocketAddr,
     engine: &Arc<Engine>,
     config: &SessionConfig,
+    auth: &Auth,
 ) -> Option<(Arc<Processor>, mpsc::Receiver<Outbound>)> {
     let deadline = tokio::time::Instant::now() + config.register_timeout;
     loop {
@@ -173,14 +176,8 @@ async fn register(
             reject(socket, "invalid_message", message, CLOSE_POLICY).await;
             return None;
         }
-        if let Some(expected) = &config.token
-            && !token
-                .as_deref()
-                .is_some_and(|token| same_secret(token, expected))
-        {
+        if let Err(message) = authorize(config, auth, token.as_deref()).await {
             tracing::warn!(%processor_id, %address, "processor rejected: missing or wrong token");
-            let message =
-                "missing or wrong `token`; send the token the hub was started with".into();
             reject(socket, "unauthorized", message, CLOSE_POLICY).await;
             return None;
         }
@@ -208,6 +205,35 @@ async fn register(
             return None;
         }
         return Some((processor, outbound));
+    }
+}
+
+/// Checks a `register` token. The hub's shared processor token is always
+/// accepted; a user's processor token (`taskhub token create --processor`)
+/// is accepted once users exist. In dev mode without a shared token,
+/// anyone on the loopback address may register.
+async fn authorize(config: &SessionConfig, auth: &Auth, token: Option<&str>) -> Result<(), String> {
+    if let (Some(expected), Some(token)) = (&config.token, token)
+        && same_secret(token, expected)
+    {
+        return Ok(());
+    }
+    if auth.is_dev() {
+        return match config.token {
+            None => Ok(()),
+            Some(_) => Err("missing or wrong `token`; send the token the hub was started with".into()),
+        };
+    }
+    let Some(token) = token else {
+        return Err("missing `token`; send a processor token (`taskhub token create USER --processor`)".into());
+    };
+    match auth.authenticate_processor(token).await {
+        Ok(_) => Ok(()),
+        Err(AuthError::Storage(err)) => {
+            tracing::error!(error = %err, "failed to check a processor token");
+            Err("the hub failed to check the token; try again".into())
+        }
+        Err(_) => Err("wrong `token`: it is not a processor token of this hub, or it was revoked or expired".into()),
     }
 }
 

@@ -10,6 +10,7 @@
 //! This module knows rows, not rules: the task engine decides what to
 //! write and hands over a [`Transaction`].
 
+mod users;
 mod writer;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Row};
 
 use writer::Writer;
+pub use users::{TokenRecord, UserRecord};
 pub use writer::{Transaction, Write, WriteError};
 
 /// How long a connection waits for a lock held by another connection.
@@ -43,8 +45,8 @@ macro_rules! select_archive {
 }
 macro_rules! select_thread {
     () => {
-        "SELECT thread_id, start_task_id, status, error, user_id, group_id, task_count, \
-         created_at, updated_at FROM threads"
+        "SELECT thread_id, start_task_id, status, error, user_id, group_id, mode, mode_key, \
+         task_count, created_at, updated_at FROM threads"
     };
 }
 
@@ -120,6 +122,11 @@ pub struct ThreadRecord {
     pub user_id: Option<String>,
     /// The group the thread runs for.
     pub group_id: Option<String>,
+    /// How it was started: `new`, `user`, `group` or `session`.
+    pub mode: String,
+    /// The user, group or session whose one thread it is, for the modes
+    /// other than `new`.
+    pub mode_key: Option<String>,
     /// Number of task instances so far.
     pub task_count: i64,
     /// Unix milliseconds.
@@ -320,6 +327,42 @@ impl Storage {
         rows.iter().map(thread_from_row).collect()
     }
 
+    /// Returns up to `limit` threads that `user_id` may see (their own, and
+    /// the collaboration threads of `groups`), newest first, that began
+    /// before the thread `before`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the query fails.
+    pub async fn threads_of(
+        &self,
+        user_id: &str,
+        groups: &[String],
+        limit: u32,
+        before: Option<&ThreadRecord>,
+    ) -> Result<Vec<ThreadRecord>, StorageError> {
+        let groups = serde_json::to_string(groups).expect("names serialize");
+        let (created_at, thread_id) = match before {
+            Some(cursor) => (cursor.created_at, cursor.thread_id.clone()),
+            None => (i64::MAX, String::new()),
+        };
+        let rows = sqlx::query(concat!(
+            select_thread!(),
+            " WHERE (user_id = ?1 OR (mode = 'group' AND group_id IN \
+             (SELECT value FROM json_each(?2)))) \
+             AND (created_at, thread_id) < (?3, ?4) \
+             ORDER BY created_at DESC, thread_id DESC LIMIT ?5"
+        ))
+        .bind(user_id)
+        .bind(groups)
+        .bind(created_at)
+        .bind(if before.is_some() { thread_id } else { "\u{10FFFF}".to_owned() })
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(thread_from_row).collect()
+    }
+
     /// Returns the latest output of every task id in a thread, as
     /// `(task id, output JSON)`.
     ///
@@ -486,6 +529,8 @@ fn thread_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ThreadRecord, Storag
         error: row.try_get("error")?,
         user_id: row.try_get("user_id")?,
         group_id: row.try_get("group_id")?,
+        mode: row.try_get("mode")?,
+        mode_key: row.try_get("mode_key")?,
         task_count: row.try_get("task_count")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -504,6 +549,8 @@ mod tests {
             error: None,
             user_id: None,
             group_id: None,
+            mode: "new".into(),
+            mode_key: None,
             task_count: 1,
             created_at: 1,
             updated_at: 1,

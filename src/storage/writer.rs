@@ -86,6 +86,31 @@ pub enum Write {
         /// Unix milliseconds.
         at: i64,
     },
+    /// Inserts a user.
+    InsertUser(super::UserRecord),
+    /// Inserts a group unless it exists.
+    InsertGroup {
+        /// The group.
+        group_id: String,
+        /// Unix milliseconds.
+        at: i64,
+    },
+    /// Adds a user to a group, unless already a member.
+    AddMember {
+        /// The group.
+        group_id: String,
+        /// The user.
+        user_id: String,
+    },
+    /// Inserts a token.
+    InsertToken(super::TokenRecord),
+    /// Revokes a token.
+    RevokeToken {
+        /// The token's public id.
+        token_id: String,
+        /// Unix milliseconds.
+        at: i64,
+    },
     /// Marks the loaded version of a plugin as ended: replaced by another
     /// hash, or unloaded when `replaced_by` is `None`.
     PluginEnded {
@@ -391,8 +416,8 @@ async fn apply(connection: &mut SqliteConnection, write: &Write) -> Result<(), W
         Write::InsertThread(thread) => {
             sqlx::query(
                 "INSERT INTO threads (thread_id, start_task_id, status, error, user_id, \
-                 group_id, task_count, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 group_id, mode, mode_key, task_count, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&thread.thread_id)
             .bind(&thread.start_task_id)
@@ -400,6 +425,8 @@ async fn apply(connection: &mut SqliteConnection, write: &Write) -> Result<(), W
             .bind(&thread.error)
             .bind(&thread.user_id)
             .bind(&thread.group_id)
+            .bind(&thread.mode)
+            .bind(&thread.mode_key)
             .bind(thread.task_count)
             .bind(thread.created_at)
             .bind(thread.updated_at)
@@ -557,6 +584,59 @@ async fn apply(connection: &mut SqliteConnection, write: &Write) -> Result<(), W
             .execute(&mut *connection)
             .await
             .map_err(database_error)?;
+        }
+        Write::InsertUser(user) => {
+            sqlx::query(
+                "INSERT INTO users (user_id, password_hash, profile, created_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&user.user_id)
+            .bind(&user.password_hash)
+            .bind(&user.profile)
+            .bind(user.created_at)
+            .execute(&mut *connection)
+            .await
+            .map_err(database_error)?;
+        }
+        Write::InsertGroup { group_id, at } => {
+            sqlx::query("INSERT OR IGNORE INTO groups (group_id, created_at) VALUES (?, ?)")
+                .bind(group_id)
+                .bind(at)
+                .execute(&mut *connection)
+                .await
+                .map_err(database_error)?;
+        }
+        Write::AddMember { group_id, user_id } => {
+            sqlx::query("INSERT OR IGNORE INTO group_members (group_id, user_id) VALUES (?, ?)")
+                .bind(group_id)
+                .bind(user_id)
+                .execute(&mut *connection)
+                .await
+                .map_err(database_error)?;
+        }
+        Write::InsertToken(token) => {
+            sqlx::query(
+                "INSERT INTO tokens (token_id, user_id, kind, secret_hash, label, created_at, \
+                 expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&token.token_id)
+            .bind(&token.user_id)
+            .bind(&token.kind)
+            .bind(&token.secret_hash)
+            .bind(&token.label)
+            .bind(token.created_at)
+            .bind(token.expires_at)
+            .bind(token.revoked_at)
+            .execute(&mut *connection)
+            .await
+            .map_err(database_error)?;
+        }
+        Write::RevokeToken { token_id, at } => {
+            sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE token_id = ?")
+                .bind(at)
+                .bind(token_id)
+                .execute(&mut *connection)
+                .await
+                .map_err(database_error)?;
         }
         Write::PluginEnded {
             name,

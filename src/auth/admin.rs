@@ -1,0 +1,150 @@
+//! Managing users, groups and tokens in the database: what `taskhub user`,
+//! `taskhub group` and `taskhub token` do. They write the database
+//! directly, so they work while the hub runs (SQLite serialises the
+//! writes) and while it is stopped.
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use super::secret;
+use crate::engine::task::now_millis;
+use crate::storage::{Storage, TokenRecord, Transaction, UserRecord, Write};
+
+/// Longest user or group name.
+pub const MAX_NAME: usize = 64;
+
+/// Checks a user or group name: 1 to 64 letters, digits, `.`, `_`, `-`
+/// or `@`.
+///
+/// # Errors
+///
+/// Says what is wrong with the name.
+pub fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
+    if name.is_empty() || name.len() > MAX_NAME || !name.chars().all(valid_char) {
+        bail!(
+            "{what} name {name:?} is not valid: use 1 to {MAX_NAME} letters, digits, '.', '_', '-' or '@'"
+        );
+    }
+    Ok(())
+}
+
+/// Adds a user with an optional password (for the browser) and profile
+/// fields (for `{{user.FIELD}}` templates).
+///
+/// # Errors
+///
+/// Fails on a bad name, a profile that is not a JSON object, a user that
+/// exists, or a database failure.
+pub async fn add_user(storage: &Storage, user_id: &str, password: Option<&str>, profile: Value) -> anyhow::Result<()> {
+    check_name("user", user_id)?;
+    if !profile.is_object() {
+        bail!("the profile must be a JSON object such as {{\"name\": \"Ada\"}}, not {profile}");
+    }
+    if storage.user(user_id).await?.is_some() {
+        bail!("user {user_id} already exists");
+    }
+    if password.is_some_and(str::is_empty) {
+        bail!("the password is empty; give one, or leave it out for a user who signs in with tokens only");
+    }
+    let password_hash = match password {
+        Some(password) => {
+            let password = password.to_owned();
+            Some(tokio::task::spawn_blocking(move || secret::hash(&password)).await?)
+        }
+        None => None,
+    };
+    let mut transaction = Transaction::new();
+    transaction.push(Write::InsertUser(UserRecord {
+        user_id: user_id.to_owned(),
+        password_hash,
+        profile: profile.to_string(),
+        created_at: now_millis(),
+    }));
+    storage.commit(transaction).await.context("failed to store the user")?;
+    Ok(())
+}
+
+/// Adds a group; adding one that exists does nothing.
+///
+/// # Errors
+///
+/// Fails on a bad name or a database failure.
+pub async fn add_group(storage: &Storage, group_id: &str) -> anyhow::Result<()> {
+    check_name("group", group_id)?;
+    let mut transaction = Transaction::new();
+    transaction.push(Write::InsertGroup {
+        group_id: group_id.to_owned(),
+        at: now_millis(),
+    });
+    storage.commit(transaction).await.context("failed to store the group")?;
+    Ok(())
+}
+
+/// Adds a user to a group; both must exist.
+///
+/// # Errors
+///
+/// Fails when either is unknown, or on a database failure.
+pub async fn add_member(storage: &Storage, group_id: &str, user_id: &str) -> anyhow::Result<()> {
+    if !storage.group_exists(group_id).await? {
+        bail!("no group {group_id}; add it first with `taskhub group add {group_id}`");
+    }
+    if storage.user(user_id).await?.is_none() {
+        bail!("no user {user_id}; add it first with `taskhub user add {user_id}`");
+    }
+    let mut transaction = Transaction::new();
+    transaction.push(Write::AddMember {
+        group_id: group_id.to_owned(),
+        user_id: user_id.to_owned(),
+    });
+    storage.commit(transaction).await.context("failed to store the membership")?;
+    Ok(())
+}
+
+/// Creates an API token, or a processor token, for a user and returns the
+/// credential. It is shown once: only its hash is stored.
+///
+/// # Errors
+///
+/// Fails for an unknown user or on a database failure.
+pub async fn create_token(
+    storage: &Storage,
+    user_id: &str,
+    processor: bool,
+    label: Option<String>,
+    expires_in_days: Option<f64>,
+) -> anyhow::Result<String> {
+    if storage.user(user_id).await?.is_none() {
+        bail!("no user {user_id}; add it first with `taskhub user add {user_id}`");
+    }
+    let expires_at = match expires_in_days {
+        Some(days) if !(days.is_finite() && days > 0.0) => {
+            bail!("--expires-in-days must be a positive number of days, not {days}")
+        }
+        Some(days) => Some(now_millis() + (days * 86_400_000.0) as i64),
+        None => None,
+    };
+    let kind = if processor { "processor" } else { "api" };
+    Ok(super::issue_token(storage, user_id, kind, label, expires_at).await?)
+}
+
+/// Revokes a token by its id (the part between `thk_` and the second
+/// `_`) or by the whole credential.
+///
+/// # Errors
+///
+/// Fails for an unknown token or on a database failure.
+pub async fn revoke_token(storage: &Storage, token: &str) -> anyhow::Result<TokenRecord> {
+    let token_id = secret::split(token).map_or(token, |(id, _)| id);
+    let Some(record) = storage.token(token_id).await? else {
+        bail!("no token {token_id}; `taskhub token list` shows the ids");
+    };
+    let mut transaction = Transaction::new();
+    transaction.push(Write::RevokeToken {
+        token_id: token_id.to_owned(),
+        at: now_millis(),
+    });
+    storage.commit(transaction).await.context("failed to revoke the token")?;
+    Ok(record)
+}
