@@ -16,6 +16,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("interview.wasm", "interview"),
     ("flaky.wasm", "flaky"),
     ("remote.wasm", "remote"),
+    ("teams.wasm", "teams"),
 ];
 
 /// Faults of the `load-faults` fixture, one component each.

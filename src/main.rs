@@ -112,7 +112,7 @@ enum TokenCommand {
         #[arg(long)]
         label: Option<String>,
         /// Days until the token expires; without it, it never does.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         expires_in_days: Option<f64>,
     },
     /// List tokens (not their secrets), of one user or of everyone.

@@ -377,10 +377,23 @@ impl Catalog {
 }
 
 /// Returns the groups allowed to start a definition, from its (inherited)
-/// `config.groups`; `None` allows everyone.
+/// `config.groups`; `None` allows everyone. A value that is not a list of
+/// names allows nobody, so a typo never opens a task to everyone.
 pub fn start_groups(definition: &ResolvedDefinition) -> Option<Vec<String>> {
-    let groups = definition.config.get("groups")?.as_array()?;
-    Some(groups.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+    match definition.config.get("groups")? {
+        Value::Null => None,
+        Value::Array(groups) if groups.iter().all(Value::is_string) => Some(
+            groups.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        ),
+        other => {
+            tracing::warn!(
+                task = %definition.id,
+                groups = %other,
+                "`config.groups` is not a list of group names; nobody may start this task"
+            );
+            Some(Vec::new())
+        }
+    }
 }
 
 /// Returns a definition's thread mode from its `config.threadMode`: `new`

@@ -185,15 +185,22 @@ pub async fn logout(
         .into_response())
 }
 
-/// The cookie's `Secure` attribute when the browser reached the hub over
-/// HTTPS through a proxy (`X-Forwarded-Proto: https`). The hub itself
-/// speaks plain HTTP, where a `Secure` cookie would not be kept.
+/// The cookie's `Secure` attribute, set when the browser reached the hub
+/// over HTTPS through a proxy (`X-Forwarded-Proto: https`) or on a
+/// loopback host, which browsers treat as secure. A browser would drop a
+/// `Secure` cookie sent over plain HTTP to any other host, so there the
+/// attribute is left out; put a TLS proxy in front of such a hub.
 fn secure(headers: &HeaderMap) -> &'static str {
-    let https = headers
-        .get("x-forwarded-proto")
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
-    if https { "; Secure" } else { "" }
+    let header = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
+    let https = header("x-forwarded-proto").is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
+    let loopback = header("host").is_some_and(|host| {
+        let name = host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) { name } else { host }
+        });
+        name == "localhost"
+            || name.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    });
+    if https || loopback { "; Secure" } else { "" }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {

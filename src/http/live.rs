@@ -129,6 +129,11 @@ impl Visibility {
         if let Some(allowed) = self.known.get(thread_id) {
             return *allowed;
         }
+        if self.known.len() >= 4096 {
+            // A stream open for days sees many threads; start over rather
+            // than grow without end.
+            self.known.clear();
+        }
         let allowed = matches!(
             self.storage.thread(thread_id).await,
             Ok(Some(thread)) if can_access(&self.caller, &thread)

@@ -1,6 +1,7 @@
 //! Integration tests: the real hub binary, driven over HTTP, with the real
 //! example components. One test binary, so everything links once.
 
+mod auth;
 mod bad_requests;
 mod browser;
 mod cli;

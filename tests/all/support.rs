@@ -268,6 +268,28 @@ impl Hub {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Sends a request with an optional bearer token and JSON body, and
+    /// returns the status, the headers and the JSON body (`null` if none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        (status, headers, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// Starts task `id` and returns the created task; fails unless 201.
     pub async fn start_task(&self, id: &str, input: Value) -> Value {
         let (status, task) = self
@@ -358,6 +380,35 @@ where
         assert!(started.elapsed() < PATIENCE, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Runs `taskhub ARGS --db DB` on the files' database, with `stdin` as
+/// its input, and returns (success, stdout, stderr).
+pub fn cli(files: &HubFiles, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_taskhub"))
+        .args(args)
+        .arg("--db")
+        .arg(files.db())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("failed to run the taskhub binary");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Runs a `taskhub` command that must succeed and returns its stdout.
+pub fn cli_ok(files: &HubFiles, args: &[&str], stdin: &str) -> String {
+    let (ok, stdout, stderr) = cli(files, args, stdin);
+    assert!(ok, "taskhub {args:?} failed: {stderr}");
+    stdout
 }
 
 /// Returns the value of `name=value` in a log line.
