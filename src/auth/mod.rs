@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -36,6 +37,10 @@ pub const CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// How long a browser session lasts.
 pub const SESSION_LENGTH: Duration = Duration::from_secs(12 * 3600);
+
+/// Login attempts one user name, or one client address, may make per
+/// minute.
+pub const LOGINS_PER_MINUTE: u32 = 10;
 
 /// The user id of dev mode.
 pub const LOCAL_USER: &str = "local";
@@ -91,6 +96,9 @@ pub enum AuthError {
     /// The user name or password is wrong.
     #[error("wrong user name or password")]
     WrongPassword,
+    /// Too many login attempts for this user name or from this address.
+    #[error("too many login attempts; try again in {} s", .0.as_secs().max(1))]
+    TooManyAttempts(Duration),
     /// The database failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -116,6 +124,12 @@ pub struct Auth {
     dev_checked: Mutex<Instant>,
     verified: Mutex<HashMap<[u8; 32], Verified>>,
     limiter: DefaultKeyedRateLimiter<String>,
+    /// Login attempts, per user name and per client address.
+    logins: DefaultKeyedRateLimiter<String>,
+    /// Argon2 runs at once. Each takes about 19 MiB and a core for tens
+    /// of milliseconds, so a flood of logins or made-up tokens queues here
+    /// instead of exhausting memory.
+    hashing: tokio::sync::Semaphore,
 }
 
 /// Rate limits on starts and updates, per user and per token.
@@ -164,6 +178,13 @@ impl Auth {
             dev_checked: Mutex::new(Instant::now()),
             verified: Mutex::new(HashMap::new()),
             limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            logins: RateLimiter::keyed(
+                Quota::per_minute(NonZeroU32::new(LOGINS_PER_MINUTE).expect("not zero"))
+                    .allow_burst(NonZeroU32::new(LOGINS_PER_MINUTE).expect("not zero")),
+            ),
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            ),
         })
     }
 
@@ -253,9 +274,7 @@ impl Auth {
         }
         let hash = record.secret_hash.clone();
         let secret_part = secret_part.to_owned();
-        let matches = tokio::task::spawn_blocking(move || secret::verify(&secret_part, &hash))
-            .await
-            .unwrap_or(false);
+        let matches = self.hash_work(move || secret::verify(&secret_part, &hash)).await;
         if !matches {
             return Err(AuthError::Invalid);
         }
@@ -278,21 +297,33 @@ impl Auth {
     ///
     /// [`AuthError::WrongPassword`] for an unknown user or a wrong
     /// password (the same error, so names do not leak).
-    pub async fn login(&self, user_id: &str, password: &str) -> Result<(String, Principal), AuthError> {
+    pub async fn login(
+        &self,
+        user_id: &str,
+        password: &str,
+        client: std::net::IpAddr,
+    ) -> Result<(String, Principal), AuthError> {
+        for key in [format!("login-user:{user_id}"), format!("login-address:{client}")] {
+            if let Err(not_until) = self.logins.check_key(&key) {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                tracing::warn!(user_id, %client, "login refused: too many attempts");
+                return Err(AuthError::TooManyAttempts(wait));
+            }
+        }
         let user = self.storage.user(user_id).await?;
         let hash = user.and_then(|user| user.password_hash);
         let password = password.to_owned();
-        let matches = tokio::task::spawn_blocking(move || match hash {
-            Some(hash) => secret::verify(&password, &hash),
-            None => {
-                // Spend the same time as a real check, so timing does not
-                // tell which user names exist.
-                let _ = secret::hash(&password);
-                false
-            }
-        })
-        .await
-        .unwrap_or(false);
+        let matches = self
+            .hash_work(move || match hash {
+                Some(hash) => secret::verify(&password, &hash),
+                None => {
+                    // Spend the same time as a real check, so timing does
+                    // not tell which user names exist.
+                    let _ = secret::hash(&password);
+                    false
+                }
+            })
+            .await;
         if !matches {
             tracing::warn!(user_id, "login failed: wrong user name or password");
             return Err(AuthError::WrongPassword);
@@ -342,6 +373,7 @@ impl Auth {
         label: Option<String>,
         expires_at: Option<i64>,
     ) -> Result<String, AuthError> {
+        let _permit = self.hashing.acquire().await.expect("the semaphore is never closed");
         issue_token(&self.storage, user_id, kind, label, expires_at).await
     }
 
@@ -355,6 +387,11 @@ impl Auth {
         if limiter.len() > 10_000 {
             // Forget keys whose budget is full again (ended sessions).
             limiter.retain_recent();
+            self.logins.retain_recent();
+            self.verified
+                .lock()
+                .expect("auth cache poisoned")
+                .retain(|_, verified| verified.checked.elapsed() < CACHE_TTL);
         }
         let mut keys = vec![format!("user:{}", principal.user_id)];
         if let Some(credential) = &principal.credential {
@@ -362,11 +399,19 @@ impl Auth {
         }
         for key in keys {
             if let Err(not_until) = limiter.check_key(&key) {
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
                 return Err(wait);
             }
         }
         Ok(())
+    }
+
+    /// Runs argon2 work on the blocking pool, a few at a time.
+    async fn hash_work<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
+        let _permit = self.hashing.acquire().await.expect("the semaphore is never closed");
+        tokio::task::spawn_blocking(work)
+            .await
+            .expect("argon2 does not panic")
     }
 
     async fn principal(&self, user_id: &str, via: &'static str, credential: Option<String>) -> Result<Principal, AuthError> {

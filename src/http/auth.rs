@@ -3,7 +3,7 @@
 //! threads.
 
 use axum::Json;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +44,7 @@ pub fn unauthorized(error: AuthError) -> ApiError {
     match error {
         AuthError::Storage(err) => ApiError::internal(&err),
         AuthError::Write(err) => ApiError::internal(&err),
+        AuthError::TooManyAttempts(wait) => retry_later(wait, "login_rate_limited", "too many login attempts"),
         other => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", other.to_string())
             .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")),
     }
@@ -53,18 +54,23 @@ pub fn unauthorized(error: AuthError) -> ApiError {
 /// `Retry-After`.
 pub fn check_rate(state: &AppState, caller: &Principal) -> Result<(), ApiError> {
     state.auth.check_rate(caller).map_err(|wait| {
-        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-        tracing::warn!(user_id = %caller.user_id, retry_after = seconds, "rate limit reached");
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("too many starts and updates; try again in {seconds} s"),
-        )
-        .with_header(
-            header::RETRY_AFTER,
-            HeaderValue::from_str(&seconds.to_string()).expect("digits are a valid header"),
-        )
+        tracing::warn!(user_id = %caller.user_id, retry_after_ms = wait.as_millis() as u64, "rate limit reached");
+        retry_later(wait, "rate_limited", "too many starts and updates")
     })
+}
+
+/// A 429 that says when to try again, in the message and in `Retry-After`.
+fn retry_later(wait: std::time::Duration, code: &'static str, what: &str) -> ApiError {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        code,
+        format!("{what}; try again in {seconds} s"),
+    )
+    .with_header(
+        header::RETRY_AFTER,
+        HeaderValue::from_str(&seconds.to_string()).expect("digits are a valid header"),
+    )
 }
 
 /// Whether `caller` may read and update `thread`: their own threads, and
@@ -122,6 +128,7 @@ pub async fn me(Caller(caller): Caller) -> Json<Principal> {
         (status = 200, description = "Logged in; the cookie is set", body = Principal),
         (status = 400, description = "Not JSON", body = ErrorBody),
         (status = 401, description = "Wrong user name or password", body = ErrorBody),
+        (status = 429, description = "Too many login attempts for the name or from the address; see Retry-After", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not `application/json`", body = ErrorBody),
         (status = 422, description = "Not a login", body = ErrorBody),
@@ -129,6 +136,7 @@ pub async fn me(Caller(caller): Caller) -> Json<Principal> {
 )]
 pub async fn login(
     State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -140,7 +148,7 @@ pub async fn login(
     }
     let (credential, principal) = state
         .auth
-        .login(&login.user_id, &login.password)
+        .login(&login.user_id, &login.password, client.ip())
         .await
         .map_err(unauthorized)?;
     let cookie = format!(

@@ -208,6 +208,9 @@ pub struct ThreadSummary {
     user_id: Option<String>,
     /// The group it runs for.
     group_id: Option<String>,
+    /// Whose one thread it is: `new` (a thread per start), `user`,
+    /// `group` (shared by the group's members) or `session`.
+    mode: String,
     /// Task instances so far.
     task_count: i64,
     /// RFC 3339 time it began.
@@ -225,6 +228,7 @@ impl From<ThreadRecord> for ThreadSummary {
             error: thread.error,
             user_id: thread.user_id,
             group_id: thread.group_id,
+            mode: thread.mode,
             task_count: thread.task_count,
             created_at: rfc3339(thread.created_at),
             updated_at: rfc3339(thread.updated_at),

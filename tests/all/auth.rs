@@ -328,6 +328,26 @@ async fn login_sets_a_session_cookie_and_logout_ends_it() {
     let after = with_cookie(Method::GET, "/api/threads").send().await.unwrap();
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
 
+    // Guessing is slowed down: ten attempts a minute per name and address.
+    let mut refused = None;
+    for _ in 0..12 {
+        let guess = client
+            .post(&session)
+            .json(&json!({"userId": "ada", "password": "guess"}))
+            .send()
+            .await
+            .unwrap();
+        if guess.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(guess);
+            break;
+        }
+        assert_eq!(guess.status(), StatusCode::UNAUTHORIZED);
+    }
+    let refused = refused.expect("twelve wrong passwords were never refused");
+    assert!(refused.headers().contains_key("retry-after"));
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "login_rate_limited");
+
     hub.wait_for_log(&["login failed", "user_id=\"nobody\""]).await;
     assert!(!hub.logs_contain(password), "the password reached the log");
     assert!(!hub.logs_contain("guess"), "a password reached the log");

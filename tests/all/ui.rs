@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use crate::browser::Browser;
-use crate::support::{Hub, HubFiles, TestProcessor};
+use crate::support::{Hub, HubFiles, TestProcessor, cli_ok};
 
 const EXAMPLES: &[&str] = &["story", "llm-mock", "interview", "flaky"];
 
@@ -214,5 +214,56 @@ async fn keyboard_and_narrow_screen() {
         "the page is {overflow} px too wide"
     );
     browser.screenshot("start-narrow").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn sign_in_shows_own_menu_and_signs_out() {
+    let files = HubFiles::with_plugins(&["story", "llm-mock", "teams"]);
+    let password = "a long browser password";
+    let profile = json!({"name": "Ada"}).to_string();
+    cli_ok(
+        &files,
+        &["user", "add", "ada", "--password-stdin", "--profile", &profile],
+        &format!("{password}\n"),
+    );
+    cli_ok(&files, &["group", "add", "writers"], "");
+    cli_ok(&files, &["group", "add-member", "writers", "ada"], "");
+    let hub = Hub::start(&files, &[]);
+    let browser = Browser::start(1200, 1000).await;
+
+    browser.open(&format!("{}/", hub.base)).await;
+    browser.wait_for_text("Sign in").await;
+    browser.type_into("#login-user", "ada").await;
+    browser.type_into("#login-password", "not it").await;
+    browser.click("form.login button[type=submit]").await;
+    browser.wait_for_text("wrong user name or password").await;
+    browser.screenshot("sign-in").await;
+
+    browser.find("#login-password").await.clear().await.unwrap();
+    browser.type_into("#login-password", password).await;
+    browser.click("form.login button[type=submit]").await;
+    // The cookie was kept (HttpOnly, so only the hub's answers show it).
+    browser
+        .click(r#"button[data-task="examples.teams.board.start"]"#)
+        .await;
+    browser.find("#who").await;
+    browser.wait_for_text("Sign out").await;
+    assert!(
+        browser
+            .client
+            .find(fantoccini::Locator::Css(r#"button[data-task="examples.teams.review.start"]"#))
+            .await
+            .is_err(),
+        "ada is not an editor"
+    );
+    browser.click("#start-submit").await;
+    browser.wait_for_text("board opened by ada").await;
+    browser.screenshot("signed-in-board").await;
+
+    browser.click("#who button").await;
+    browser.wait_for_text("Sign in").await;
+    browser.open(&format!("{}/#/threads", hub.base)).await;
+    browser.find("form.login").await;
     browser.close().await;
 }

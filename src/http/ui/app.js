@@ -6,6 +6,7 @@
 
 const view = document.getElementById("view");
 const liveStatus = document.getElementById("live");
+const who = document.getElementById("who");
 
 // The event stream of the current page, closed when the page changes.
 let stream = null;
@@ -218,7 +219,9 @@ async function threadPage(threadId) {
     show(
       el("h1", {}, "Thread ", badge(thread.status)),
       el("p", { class: "muted" },
-        thread.startTaskId, " · started ", when(thread.createdAt), " · ",
+        thread.startTaskId, " · started ", when(thread.createdAt),
+        thread.userId ? " by " + thread.userId : "",
+        thread.mode === "group" && thread.groupId ? " · shared with group " + thread.groupId : "", " · ",
         el("code", { text: thread.threadId })),
       note || null,
       thread.error ? notice("error", thread.error) : null,
@@ -486,6 +489,67 @@ function exportsOf(plugin) {
   return parts.join("; ") || "—";
 }
 
+// ---------------------------------------------------------------- session
+
+/** Shows who is signed in, with a way to sign out. */
+async function showWho() {
+  let me;
+  try {
+    me = await api("GET", "/api/session");
+  } catch (err) {
+    who.replaceChildren();
+    if (err.status === 401) return false;
+    throw err;
+  }
+  const name = (me.profile && me.profile.name) || me.userId;
+  if (me.via === "dev") {
+    who.replaceChildren(el("span", { title: "No users exist yet, so every request acts as this user" },
+      name + " (dev mode)"));
+  } else {
+    who.replaceChildren(
+      el("span", { title: me.groups.length ? "Groups: " + me.groups.join(", ") : "No groups" }, name),
+      " ",
+      me.via === "session" ? el("button", { type: "button", class: "link", onclick: logout }, "Sign out") : null);
+  }
+  return true;
+}
+
+async function logout() {
+  await api("DELETE", "/api/session").catch(() => null);
+  who.replaceChildren();
+  loginPage();
+}
+
+/** The sign-in form; on success it shows the page that was asked for. */
+function loginPage(message) {
+  if (stream) { stream.close(); stream = null; liveStatus.textContent = ""; }
+  const status = el("div");
+  const user = el("input", { id: "login-user", name: "username", autocomplete: "username", required: true });
+  const password = el("input", { id: "login-password", name: "password", type: "password",
+    autocomplete: "current-password", required: true });
+  const form = el("form", { class: "login", onsubmit: async (event) => {
+    event.preventDefault();
+    const button = form.querySelector("button");
+    button.disabled = true;
+    try {
+      await api("POST", "/api/session", { userId: user.value, password: password.value });
+      password.value = "";
+      await showWho();
+      await route();
+    } catch (err) {
+      status.replaceChildren(notice("error", err.message));
+      password.select();
+    } finally {
+      button.disabled = false;
+    }
+  } },
+  el("label", { for: "login-user" }, "User name"), user,
+  el("label", { for: "login-password" }, "Password"), password,
+  el("button", { type: "submit" }, "Sign in"));
+  show(el("h1", { text: "Sign in" }), message ? notice("error", message) : null, form, status);
+  user.focus();
+}
+
 // ---------------------------------------------------------------- router
 
 async function route() {
@@ -502,9 +566,14 @@ async function route() {
     else if (page === "operator") await operatorPage();
     else await startPage();
   } catch (err) {
-    show(el("h1", { text: "Something went wrong" }), notice("error", err.message));
+    if (err.status === 401) {
+      const ended = who.childElementCount > 0;
+      who.replaceChildren();
+      loginPage(ended ? "Your session has ended; sign in again." : null);
+    }
+    else show(el("h1", { text: "Something went wrong" }), notice("error", err.message));
   }
 }
 
 window.addEventListener("hashchange", route);
-route();
+showWho().catch(() => false).finally(route);
