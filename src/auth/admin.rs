@@ -10,7 +10,7 @@ use super::secret;
 use crate::engine::task::now_millis;
 use crate::storage::{Storage, TokenRecord, Transaction, UserRecord, Write};
 
-/// Longest user or group name.
+/// Maximum length of a user or group name, in bytes.
 pub const MAX_NAME: usize = 64;
 
 /// Checks a user or group name: 1 to 64 letters, digits, `.`, `_`, `-`

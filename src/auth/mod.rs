@@ -48,7 +48,7 @@ pub const LOCAL_USER: &str = "local";
 /// Members of this group may change plugins (rollback).
 pub const ADMIN_GROUP: &str = "admin";
 
-/// Who a request acts for.
+/// The user a request acts for, with their groups and profile.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Principal {
@@ -67,24 +67,24 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// Whether the principal is dev mode's implicit user, who may do
-    /// everything.
+    /// Returns whether the principal is dev mode's implicit user, who may
+    /// do everything.
     pub fn is_dev(&self) -> bool {
         self.via == "dev"
     }
 
-    /// Whether the principal may change plugins.
+    /// Returns whether the principal may change plugins.
     pub fn is_admin(&self) -> bool {
         self.is_dev() || self.groups.iter().any(|group| group == ADMIN_GROUP)
     }
 
-    /// Whether the principal belongs to `group`.
+    /// Returns whether the principal belongs to `group`.
     pub fn in_group(&self, group: &str) -> bool {
         self.groups.iter().any(|member_of| member_of == group)
     }
 }
 
-/// Why a request was not authenticated.
+/// The reason a request was not authenticated.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// No credential came with the request.
@@ -126,8 +126,9 @@ pub struct Auth {
     limiter: DefaultKeyedRateLimiter<String>,
     /// Login attempts, per user name and per client address.
     logins: DefaultKeyedRateLimiter<String>,
-    /// Argon2 runs at once. Each takes about 19 MiB and a core for tens
-    /// of milliseconds, so a flood of logins or made-up tokens queues here
+    /// Permits for argon2 runs, one per core. Each run takes 19 MiB (the
+    /// crate's default cost) and a core for an estimated tens of
+    /// milliseconds, so a flood of logins or made-up tokens waits here
     /// instead of exhausting memory.
     hashing: tokio::sync::Semaphore,
 }
@@ -188,7 +189,7 @@ impl Auth {
         })
     }
 
-    /// Whether the hub runs in dev mode.
+    /// Returns whether the hub runs in dev mode.
     pub fn is_dev(&self) -> bool {
         self.dev.load(Ordering::Acquire)
     }
@@ -306,7 +307,7 @@ impl Auth {
         for key in [format!("login-user:{user_id}"), format!("login-address:{client}")] {
             if let Err(not_until) = self.logins.check_key(&key) {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
-                tracing::warn!(user_id, %client, "login refused: too many attempts");
+                tracing::warn!(user_id, %client, "login rejected: too many attempts");
                 return Err(AuthError::TooManyAttempts(wait));
             }
         }

@@ -50,8 +50,8 @@ pub fn unauthorized(error: AuthError) -> ApiError {
     }
 }
 
-/// Takes one request from the caller's rate budget, or answers 429 with a
-/// `Retry-After`.
+/// Takes one request from the caller's rate budget, or returns a 429
+/// error with a `Retry-After` header.
 pub fn check_rate(state: &AppState, caller: &Principal) -> Result<(), ApiError> {
     state.auth.check_rate(caller).map_err(|wait| {
         tracing::warn!(user_id = %caller.user_id, retry_after_ms = wait.as_millis() as u64, "rate limit reached");
@@ -59,7 +59,8 @@ pub fn check_rate(state: &AppState, caller: &Principal) -> Result<(), ApiError> 
     })
 }
 
-/// A 429 that says when to try again, in the message and in `Retry-After`.
+/// Builds a 429 error that gives the wait in the message and in
+/// `Retry-After`.
 fn retry_later(wait: std::time::Duration, code: &'static str, what: &str) -> ApiError {
     let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
     ApiError::new(
@@ -88,7 +89,7 @@ pub fn can_access(caller: &Principal, thread: &ThreadRecord) -> bool {
 /// Logs a refused access and returns the 404 it is answered with, so ids
 /// of other people's threads do not leak.
 pub fn hidden(caller: &Principal, what: &str, id: &str) -> ApiError {
-    tracing::warn!(user_id = %caller.user_id, resource = what, id, "access refused");
+    tracing::warn!(user_id = %caller.user_id, resource = what, id, "access rejected");
     ApiError::not_found(format!("no {what} {id}"))
 }
 

@@ -183,12 +183,16 @@ struct Job {
     reply: oneshot::Sender<Result<(), WriteError>>,
 }
 
+/// What stops the writer task: the signal to stop, and its handle to
+/// wait on.
+type WriterStop = (oneshot::Sender<()>, tokio::task::JoinHandle<()>);
+
 /// Handle to the writer task.
 #[derive(Clone)]
 pub(super) struct Writer {
     jobs: mpsc::Sender<Job>,
     /// Closes the queue: the writer commits what is queued, then stops.
-    close: Arc<Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>>,
+    close: Arc<Mutex<Option<WriterStop>>>,
 }
 
 impl Writer {

@@ -11,7 +11,6 @@ use crate::support::{Hub, HubFiles, TestProcessor, cli, cli_ok, wait_until};
 
 /// A user of the test hub and their API token.
 struct User {
-    name: &'static str,
     token: String,
 }
 
@@ -26,7 +25,6 @@ fn add_user(files: &HubFiles, name: &'static str, groups: &[&str]) -> User {
     }
     let token = cli_ok(files, &["token", "create", name, "--label", "tests"], "");
     User {
-        name,
         token: token.trim().to_owned(),
     }
 }
@@ -39,8 +37,8 @@ fn capitalised(name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// A hub with `story`, `llm-mock` and `teams`, and users ada and cara
-/// (writers) and bob (editors).
+/// Starts a hub with `story`, `llm-mock` and `teams`, and users ada and
+/// cara (writers) and bob (editors).
 fn team_hub(extra: &[&str]) -> (HubFiles, Hub, [User; 3]) {
     let files = HubFiles::with_plugins(&["story", "llm-mock", "teams"]);
     let users = [
@@ -135,7 +133,7 @@ async fn users_see_only_their_menu_and_threads() {
     let update = json!({"command": "update", "task": {"version": 1, "state": {"done": true}}});
     let (status, _) = post(&hub, &bob, &task_path, update).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    hub.wait_for_log(&["access refused", "user_id=bob", thread_id]).await;
+    hub.wait_for_log(&["access rejected", "user_id=bob", thread_id]).await;
 
     let (status, thread) = get(&hub, &ada, &thread_path).await;
     assert_eq!(status, StatusCode::OK, "{thread}");
@@ -269,7 +267,7 @@ async fn wrong_expired_and_revoked_tokens_are_refused() {
 }
 
 #[tokio::test]
-async fn login_sets_a_session_cookie_and_logout_ends_it() {
+async fn login_and_logout_with_cookie() {
     let files = HubFiles::with_plugins(&["story", "llm-mock"]);
     let password = "correct horse battery staple";
     cli_ok(&files, &["user", "add", "ada", "--password-stdin"], &format!("{password}\n"));

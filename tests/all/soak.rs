@@ -83,7 +83,7 @@ async fn kills_lose_and_duplicate_nothing() {
             while Instant::now() < deadline {
                 ticker.tick().await;
                 n += 1;
-                let (flow, id, input) = if n % 2 == 0 {
+                let (flow, id, input) = if n.is_multiple_of(2) {
                     ("echo", "bench.echo", json!({"n": n}))
                 } else {
                     (
