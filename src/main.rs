@@ -10,9 +10,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use taskhub::auth::{RateLimits, admin};
 use taskhub::engine::Sweeps;
-use taskhub::storage::Storage;
 use taskhub::plugin::{Limits, PluginHost, content_hash, manifest};
 use taskhub::processors::session::SessionConfig;
+use taskhub::storage::Storage;
 use taskhub::{HubConfig, ParentConfig, RunningHub};
 use tracing_subscriber::EnvFilter;
 
@@ -493,12 +493,14 @@ async fn users(command: UserCommand, db: &std::path::Path) -> anyhow::Result<()>
             } else {
                 None
             };
-            admin::add_user(&storage, &name, password.as_deref(), profile).await.map(|()| {
-                println!("user {name} added");
-                if password.is_none() {
-                    println!("create a token with `taskhub token create {name}`");
-                }
-            })
+            admin::add_user(&storage, &name, password.as_deref(), profile)
+                .await
+                .map(|()| {
+                    println!("user {name} added");
+                    if password.is_none() {
+                        println!("create a token with `taskhub token create {name}`");
+                    }
+                })
         }
         UserCommand::List => list_users(&storage).await,
     };
@@ -558,7 +560,10 @@ async fn list_tokens(storage: &Storage, user: Option<&str>) -> anyhow::Result<()
             _ => "active",
         };
         let label = token.label.as_deref().unwrap_or("");
-        println!("{}\t{}\t{}\t{state}\t{label}", token.token_id, token.user_id, token.kind);
+        println!(
+            "{}\t{}\t{}\t{state}\t{label}",
+            token.token_id, token.user_id, token.kind
+        );
     }
     Ok(())
 }

@@ -36,7 +36,12 @@ pub fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
 ///
 /// Fails on a bad name, a profile that is not a JSON object, a user that
 /// exists, or a database failure.
-pub async fn add_user(storage: &Storage, user_id: &str, password: Option<&str>, profile: Value) -> anyhow::Result<()> {
+pub async fn add_user(
+    storage: &Storage,
+    user_id: &str,
+    password: Option<&str>,
+    profile: Value,
+) -> anyhow::Result<()> {
     check_name("user", user_id)?;
     if !profile.is_object() {
         bail!("the profile must be a JSON object such as {{\"name\": \"Ada\"}}, not {profile}");
@@ -45,7 +50,9 @@ pub async fn add_user(storage: &Storage, user_id: &str, password: Option<&str>, 
         bail!("user {user_id} already exists");
     }
     if password.is_some_and(str::is_empty) {
-        bail!("the password is empty; give one, or leave it out for a user who signs in with tokens only");
+        bail!(
+            "the password is empty; give one, or leave it out for a user who signs in with tokens only"
+        );
     }
     let password_hash = match password {
         Some(password) => {
@@ -61,7 +68,10 @@ pub async fn add_user(storage: &Storage, user_id: &str, password: Option<&str>, 
         profile: profile.to_string(),
         created_at: now_millis(),
     }));
-    storage.commit(transaction).await.context("failed to store the user")?;
+    storage
+        .commit(transaction)
+        .await
+        .context("failed to store the user")?;
     Ok(())
 }
 
@@ -77,7 +87,10 @@ pub async fn add_group(storage: &Storage, group_id: &str) -> anyhow::Result<()> 
         group_id: group_id.to_owned(),
         at: now_millis(),
     });
-    storage.commit(transaction).await.context("failed to store the group")?;
+    storage
+        .commit(transaction)
+        .await
+        .context("failed to store the group")?;
     Ok(())
 }
 
@@ -98,7 +111,10 @@ pub async fn add_member(storage: &Storage, group_id: &str, user_id: &str) -> any
         group_id: group_id.to_owned(),
         user_id: user_id.to_owned(),
     });
-    storage.commit(transaction).await.context("failed to store the membership")?;
+    storage
+        .commit(transaction)
+        .await
+        .context("failed to store the membership")?;
     Ok(())
 }
 
@@ -145,6 +161,9 @@ pub async fn revoke_token(storage: &Storage, token: &str) -> anyhow::Result<Toke
         token_id: token_id.to_owned(),
         at: now_millis(),
     });
-    storage.commit(transaction).await.context("failed to revoke the token")?;
+    storage
+        .commit(transaction)
+        .await
+        .context("failed to revoke the token")?;
     Ok(record)
 }

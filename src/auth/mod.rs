@@ -29,7 +29,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::engine::task::now_millis;
-use crate::storage::{Storage, StorageError, TokenRecord, Transaction, UserRecord, Write, WriteError};
+use crate::storage::{
+    Storage, StorageError, TokenRecord, Transaction, UserRecord, Write, WriteError,
+};
 
 /// How long a verified token or session is trusted before it is checked
 /// against the database again (revocation, expiry).
@@ -88,7 +90,9 @@ impl Principal {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// No credential came with the request.
-    #[error("this hub needs a login: send `Authorization: Bearer TOKEN`, or log in with POST /api/session")]
+    #[error(
+        "this hub needs a login: send `Authorization: Bearer TOKEN`, or log in with POST /api/session"
+    )]
     Missing,
     /// The credential is unknown, wrong, revoked or expired.
     #[error("the token or session is invalid, revoked or expired")]
@@ -158,7 +162,11 @@ impl Auth {
     ///
     /// Fails on a non-loopback address with no user, naming the command
     /// that adds one.
-    pub async fn new(storage: Storage, listen: SocketAddr, limits: RateLimits) -> anyhow::Result<Self> {
+    pub async fn new(
+        storage: Storage,
+        listen: SocketAddr,
+        limits: RateLimits,
+    ) -> anyhow::Result<Self> {
         let users = storage.user_count().await?;
         let dev = users == 0;
         if dev && !listen.ip().is_loopback() {
@@ -231,7 +239,11 @@ impl Auth {
     /// # Errors
     ///
     /// [`AuthError::Missing`] or [`AuthError::Invalid`].
-    pub async fn authenticate(&self, bearer: Option<&str>, session: Option<&str>) -> Result<Principal, AuthError> {
+    pub async fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<Principal, AuthError> {
         if self.refresh_dev().await? {
             return Ok(Self::dev_principal());
         }
@@ -256,7 +268,12 @@ impl Auth {
     async fn verify(&self, credential: &str, kinds: &[&str]) -> Result<Principal, AuthError> {
         let key: [u8; 32] = Sha256::digest(credential.as_bytes()).into();
         let now = now_millis();
-        let cached = self.verified.lock().expect("auth cache poisoned").get(&key).cloned();
+        let cached = self
+            .verified
+            .lock()
+            .expect("auth cache poisoned")
+            .get(&key)
+            .cloned();
         if let Some(verified) = cached
             && verified.checked.elapsed() < CACHE_TTL
             && verified.expires_at.is_none_or(|at| at > now)
@@ -266,7 +283,11 @@ impl Auth {
         }
 
         let (token_id, secret_part) = secret::split(credential).ok_or(AuthError::Invalid)?;
-        let record = self.storage.token(token_id).await?.ok_or(AuthError::Invalid)?;
+        let record = self
+            .storage
+            .token(token_id)
+            .await?
+            .ok_or(AuthError::Invalid)?;
         if !kinds.contains(&record.kind.as_str())
             || record.revoked_at.is_some()
             || record.expires_at.is_some_and(|at| at <= now)
@@ -275,11 +296,19 @@ impl Auth {
         }
         let hash = record.secret_hash.clone();
         let secret_part = secret_part.to_owned();
-        let matches = self.hash_work(move || secret::verify(&secret_part, &hash)).await;
+        let matches = self
+            .hash_work(move || secret::verify(&secret_part, &hash))
+            .await;
         if !matches {
             return Err(AuthError::Invalid);
         }
-        let principal = self.principal(&record.user_id, via_of(&record.kind), Some(record.token_id.clone())).await?;
+        let principal = self
+            .principal(
+                &record.user_id,
+                via_of(&record.kind),
+                Some(record.token_id.clone()),
+            )
+            .await?;
         self.verified.lock().expect("auth cache poisoned").insert(
             key,
             Verified {
@@ -304,7 +333,10 @@ impl Auth {
         password: &str,
         client: std::net::IpAddr,
     ) -> Result<(String, Principal), AuthError> {
-        for key in [format!("login-user:{user_id}"), format!("login-address:{client}")] {
+        for key in [
+            format!("login-user:{user_id}"),
+            format!("login-address:{client}"),
+        ] {
             if let Err(not_until) = self.logins.check_key(&key) {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 tracing::warn!(user_id, %client, "login rejected: too many attempts");
@@ -348,10 +380,7 @@ impl Auth {
                 token_id: token_id.clone(),
                 at: now_millis(),
             });
-            self.storage
-                .commit(transaction)
-                .await
-                ?;
+            self.storage.commit(transaction).await?;
         }
         self.verified
             .lock()
@@ -374,7 +403,11 @@ impl Auth {
         label: Option<String>,
         expires_at: Option<i64>,
     ) -> Result<String, AuthError> {
-        let _permit = self.hashing.acquire().await.expect("the semaphore is never closed");
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         issue_token(&self.storage, user_id, kind, label, expires_at).await
     }
 
@@ -409,14 +442,27 @@ impl Auth {
 
     /// Runs argon2 work on the blocking pool, a few at a time.
     async fn hash_work<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
-        let _permit = self.hashing.acquire().await.expect("the semaphore is never closed");
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         tokio::task::spawn_blocking(work)
             .await
             .expect("argon2 does not panic")
     }
 
-    async fn principal(&self, user_id: &str, via: &'static str, credential: Option<String>) -> Result<Principal, AuthError> {
-        let user = self.storage.user(user_id).await?.ok_or(AuthError::Invalid)?;
+    async fn principal(
+        &self,
+        user_id: &str,
+        via: &'static str,
+        credential: Option<String>,
+    ) -> Result<Principal, AuthError> {
+        let user = self
+            .storage
+            .user(user_id)
+            .await?
+            .ok_or(AuthError::Invalid)?;
         Ok(Principal {
             user_id: user_id.to_owned(),
             groups: self.storage.groups_of(user_id).await?,
@@ -480,9 +526,6 @@ pub async fn issue_token(
         expires_at,
         revoked_at: None,
     }));
-    storage
-        .commit(transaction)
-        .await
-        ?;
+    storage.commit(transaction).await?;
     Ok(credential)
 }

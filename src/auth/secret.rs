@@ -35,8 +35,11 @@ pub fn hash(secret: &str) -> String {
 
 /// Checks `secret` against a PHC hash.
 pub fn verify(secret: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .is_ok_and(|parsed| Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok())
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(secret.as_bytes(), &parsed)
+            .is_ok()
+    })
 }
 
 fn random<const N: usize>() -> [u8; N] {

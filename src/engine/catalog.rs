@@ -383,7 +383,11 @@ pub fn start_groups(definition: &ResolvedDefinition) -> Option<Vec<String>> {
     match definition.config.get("groups")? {
         Value::Null => None,
         Value::Array(groups) if groups.iter().all(Value::is_string) => Some(
-            groups.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            groups
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
         ),
         other => {
             tracing::warn!(

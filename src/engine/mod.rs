@@ -253,30 +253,38 @@ impl Engine {
             }
             Some(group) => Some(group.clone()),
             None => match &allowed {
-                Some(allowed) => request.groups.iter().find(|group| allowed.contains(group)).cloned(),
+                Some(allowed) => request
+                    .groups
+                    .iter()
+                    .find(|group| allowed.contains(group))
+                    .cloned(),
                 None => request.groups.first().cloned(),
             },
         };
         let mode = catalog::thread_mode(&definition).map_err(EngineError::Invalid)?;
-        let mode_key = match mode {
-            "new" => None,
-            "user" => Some(format!("user:{}", request.user_id)),
-            "group" => Some(format!(
+        let mode_key =
+            match mode {
+                "new" => None,
+                "user" => Some(format!("user:{}", request.user_id)),
+                "group" => Some(format!(
                 "group:{}",
                 group_id.as_deref().ok_or_else(|| EngineError::Invalid(format!(
                     "task {} runs one thread per group, and you belong to no group it allows",
                     request.id
                 )))?
             )),
-            _ => Some(format!(
-                "session:{}",
-                request.session.as_deref().unwrap_or(&request.user_id)
-            )),
-        };
+                _ => Some(format!(
+                    "session:{}",
+                    request.session.as_deref().unwrap_or(&request.user_id)
+                )),
+            };
         if let Some(key) = &mode_key
             && let Some(task) = self.running_task(&definition.id, key).await?
         {
-            return Ok(Started { task, rejoined: true });
+            return Ok(Started {
+                task,
+                rejoined: true,
+            });
         }
 
         let thread = ThreadContext {
@@ -287,7 +295,12 @@ impl Engine {
             mode_key: mode_key.clone(),
             profile: request.profile,
         };
-        let mut plan = Plan::new(self.providers(&snapshot), thread, HashMap::new(), now_millis());
+        let mut plan = Plan::new(
+            self.providers(&snapshot),
+            thread,
+            HashMap::new(),
+            now_millis(),
+        );
         plan.insert_thread(&definition.id);
         let first = plan.enter(&definition, request.input, None, 1, false);
         plan.finish_thread();
@@ -302,7 +315,10 @@ impl Engine {
             {
                 let key = mode_key.expect("checked above");
                 match self.running_task(&definition.id, &key).await? {
-                    Some(task) => Ok(Started { task, rejoined: true }),
+                    Some(task) => Ok(Started {
+                        task,
+                        rejoined: true,
+                    }),
                     None => Err(EngineError::Write(WriteError::Database(message))),
                 }
             }
@@ -312,16 +328,28 @@ impl Engine {
 
     /// Returns the latest task of the running thread of `start_task_id`
     /// that belongs to `mode_key`.
-    async fn running_task(&self, start_task_id: &str, mode_key: &str) -> Result<Option<Task>, EngineError> {
-        let Some(thread_id) = self.storage.running_thread_for(start_task_id, mode_key).await? else {
+    async fn running_task(
+        &self,
+        start_task_id: &str,
+        mode_key: &str,
+    ) -> Result<Option<Task>, EngineError> {
+        let Some(thread_id) = self
+            .storage
+            .running_thread_for(start_task_id, mode_key)
+            .await?
+        else {
             return Ok(None);
         };
         let records = self.storage.thread_tasks(&thread_id).await?;
         let Some(record) = records.last() else {
             return Ok(None);
         };
-        let instance = Instance::from_record(record)
-            .map_err(|err| EngineError::Invalid(format!("stored task {} is unreadable: {err}", record.instance_id)))?;
+        let instance = Instance::from_record(record).map_err(|err| {
+            EngineError::Invalid(format!(
+                "stored task {} is unreadable: {err}",
+                record.instance_id
+            ))
+        })?;
         Ok(Some(instance.task))
     }
 
@@ -535,7 +563,9 @@ impl Engine {
         };
         match self.storage.user(user_id).await? {
             Some(user) => Ok(crate::auth::profile(&user)),
-            None if user_id == crate::auth::LOCAL_USER => Ok(crate::auth::Auth::dev_principal().profile),
+            None if user_id == crate::auth::LOCAL_USER => {
+                Ok(crate::auth::Auth::dev_principal().profile)
+            }
             None => Ok(Value::Null),
         }
     }

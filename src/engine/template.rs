@@ -342,7 +342,11 @@ mod tests {
         let filled = fill_with(json!("Hello {{user.name}} ({{user.language}})")).unwrap();
         assert_eq!(filled, json!("Hello Ada (en)"));
         let error = fill_with(json!("{{user.phone}}")).unwrap_err();
-        assert!(error.to_string().contains("profile has no value at `phone`"));
+        assert!(
+            error
+                .to_string()
+                .contains("profile has no value at `phone`")
+        );
     }
 
     #[test]

@@ -26,7 +26,10 @@ pub struct Caller(pub Principal);
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let bearer = bearer(&parts.headers);
         let session = cookie(&parts.headers, SESSION_COOKIE);
         state
@@ -44,7 +47,9 @@ pub fn unauthorized(error: AuthError) -> ApiError {
     match error {
         AuthError::Storage(err) => ApiError::internal(&err),
         AuthError::Write(err) => ApiError::internal(&err),
-        AuthError::TooManyAttempts(wait) => retry_later(wait, "login_rate_limited", "too many login attempts"),
+        AuthError::TooManyAttempts(wait) => {
+            retry_later(wait, "login_rate_limited", "too many login attempts")
+        }
         other => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", other.to_string())
             .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")),
     }
@@ -142,7 +147,9 @@ pub async fn login(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let login: Login = serde_json::from_value(body).map_err(|err| {
-        ApiError::invalid_task(format!("a login is {{\"userId\": \"...\", \"password\": \"...\"}}: {err}"))
+        ApiError::invalid_task(format!(
+            "a login is {{\"userId\": \"...\", \"password\": \"...\"}}: {err}"
+        ))
     })?;
     if state.auth.is_dev() {
         return Ok(Json(crate::auth::Auth::dev_principal()).into_response());
@@ -158,7 +165,10 @@ pub async fn login(
         SESSION_LENGTH.as_secs()
     );
     Ok((
-        [(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("the cookie is ASCII"))],
+        [(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&cookie).expect("the cookie is ASCII"),
+        )],
         Json(principal),
     )
         .into_response())
@@ -189,7 +199,10 @@ pub async fn logout(
     );
     Ok((
         StatusCode::NO_CONTENT,
-        [(header::SET_COOKIE, HeaderValue::from_str(&cleared).expect("the cookie is ASCII"))],
+        [(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&cleared).expect("the cookie is ASCII"),
+        )],
     )
         .into_response())
 }
@@ -200,14 +213,27 @@ pub async fn logout(
 /// `Secure` cookie sent over plain HTTP to any other host, so there the
 /// attribute is left out; put a TLS proxy in front of such a hub.
 fn secure(headers: &HeaderMap) -> &'static str {
-    let header = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
-    let https = header("x-forwarded-proto").is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|value: &HeaderValue| value.to_str().ok())
+    };
+    let https =
+        header("x-forwarded-proto").is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
     let loopback = header("host").is_some_and(|host| {
         let name = host.rsplit_once(':').map_or(host, |(name, port)| {
-            if port.chars().all(|c| c.is_ascii_digit()) { name } else { host }
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
         });
         name == "localhost"
-            || name.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            || name
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
     });
     if https || loopback { "; Secure" } else { "" }
 }
@@ -215,7 +241,9 @@ fn secure(headers: &HeaderMap) -> &'static str {
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {

@@ -33,7 +33,11 @@ impl ApiError {
     }
 
     /// Adds a header to the response, such as `Retry-After`.
-    pub fn with_header(mut self, name: axum::http::HeaderName, value: axum::http::HeaderValue) -> Self {
+    pub fn with_header(
+        mut self,
+        name: axum::http::HeaderName,
+        value: axum::http::HeaderValue,
+    ) -> Self {
         self.header = Some((name, value));
         self
     }

@@ -17,11 +17,11 @@ use std::collections::HashMap;
 
 use super::AppState;
 use super::auth::{Caller, can_access};
-use crate::auth::Principal;
-use crate::storage::Storage;
 use super::error::ApiError;
 use super::schema::ErrorBody;
+use crate::auth::Principal;
 use crate::events::Event;
+use crate::storage::Storage;
 
 /// Filter of `GET /api/events`.
 #[derive(Debug, Deserialize, IntoParams)]

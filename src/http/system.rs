@@ -15,9 +15,9 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::auth::Caller;
-use crate::auth::ADMIN_GROUP;
 use super::error::ApiError;
 use super::schema::{ErrorBody, Health};
+use crate::auth::ADMIN_GROUP;
 use crate::engine::catalog::{MenuNode, TaskflowGraph};
 use crate::plugin::PluginStatus;
 use crate::processors::{ProcessorStatus, session};
@@ -58,7 +58,10 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     tag = "taskflows",
     responses((status = 200, description = "The menu tree", body = Vec<MenuNode>))
 )]
-pub async fn taskflows(State(state): State<AppState>, Caller(caller): Caller) -> Json<Vec<MenuNode>> {
+pub async fn taskflows(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Json<Vec<MenuNode>> {
     let catalog = &state.registry.snapshot().catalog;
     Json(if caller.is_dev() {
         catalog.menu()
@@ -117,7 +120,10 @@ pub async fn taskflow_graph(
     tag = "plugins",
     responses((status = 200, description = "The plugins, by name", body = Vec<PluginStatus>))
 )]
-pub async fn plugins(State(state): State<AppState>, Caller(_caller): Caller) -> Json<Vec<PluginStatus>> {
+pub async fn plugins(
+    State(state): State<AppState>,
+    Caller(_caller): Caller,
+) -> Json<Vec<PluginStatus>> {
     Json(state.registry.statuses())
 }
 
@@ -220,7 +226,10 @@ pub async fn plugin_rollback(
     tag = "processors",
     responses((status = 200, description = "The processors, by id", body = Vec<ProcessorStatus>))
 )]
-pub async fn processors(State(state): State<AppState>, Caller(_caller): Caller) -> Json<Vec<ProcessorStatus>> {
+pub async fn processors(
+    State(state): State<AppState>,
+    Caller(_caller): Caller,
+) -> Json<Vec<ProcessorStatus>> {
     Json(state.engine.processors().statuses())
 }
 
@@ -261,7 +270,9 @@ pub async fn processor_socket(
         .write_buffer_size(0)
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| session::run(socket, address, state.engine, state.sessions, state.auth)))
+        .on_upgrade(move |socket| {
+            session::run(socket, address, state.engine, state.sessions, state.auth)
+        }))
 }
 
 /// Renders the metrics in the Prometheus text format.

@@ -12,10 +12,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::{Caller, can_access, check_rate, hidden};
-use crate::auth::Principal;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::schema::{ErrorBody, StartCommand, ThreadList, UpdateCommand};
+use crate::auth::Principal;
 use crate::engine::StartRequest;
 use crate::engine::merge::json_kind;
 use crate::engine::task::{Task, rfc3339};

@@ -79,7 +79,8 @@ pub async fn run(
     config: Arc<SessionConfig>,
     auth: Arc<Auth>,
 ) {
-    let Some((processor, outbound)) = register(&mut socket, address, &engine, &config, &auth).await else {
+    let Some((processor, outbound)) = register(&mut socket, address, &engine, &config, &auth).await
+    else {
         return;
     };
     tracing::info!(
@@ -221,11 +222,16 @@ async fn authorize(config: &SessionConfig, auth: &Auth, token: Option<&str>) -> 
     if auth.is_dev() {
         return match config.token {
             None => Ok(()),
-            Some(_) => Err("missing or wrong `token`; send the token the hub was started with".into()),
+            Some(_) => {
+                Err("missing or wrong `token`; send the token the hub was started with".into())
+            }
         };
     }
     let Some(token) = token else {
-        return Err("missing `token`; send a processor token (`taskhub token create USER --processor`)".into());
+        return Err(
+            "missing `token`; send a processor token (`taskhub token create USER --processor`)"
+                .into(),
+        );
     };
     match auth.authenticate_processor(token).await {
         Ok(_) => Ok(()),
@@ -233,7 +239,10 @@ async fn authorize(config: &SessionConfig, auth: &Auth, token: Option<&str>) -> 
             tracing::error!(error = %err, "failed to check a processor token");
             Err("the hub failed to check the token; try again".into())
         }
-        Err(_) => Err("wrong `token`: it is not a processor token of this hub, or it was revoked or expired".into()),
+        Err(_) => Err(
+            "wrong `token`: it is not a processor token of this hub, or it was revoked or expired"
+                .into(),
+        ),
     }
 }
 

@@ -21,8 +21,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Row};
 
-use writer::Writer;
 pub use users::{TokenRecord, UserRecord};
+use writer::Writer;
 pub use writer::{Transaction, Write, WriteError};
 
 /// How long a connection waits for a lock held by another connection.
@@ -356,7 +356,11 @@ impl Storage {
         .bind(user_id)
         .bind(groups)
         .bind(created_at)
-        .bind(if before.is_some() { thread_id } else { "\u{10FFFF}".to_owned() })
+        .bind(if before.is_some() {
+            thread_id
+        } else {
+            "\u{10FFFF}".to_owned()
+        })
         .bind(limit)
         .fetch_all(&self.readers)
         .await?;

@@ -110,7 +110,9 @@ impl Storage {
                 .bind(user_id)
                 .fetch_all(&self.readers)
                 .await?;
-        rows.iter().map(|row| Ok(row.try_get("group_id")?)).collect()
+        rows.iter()
+            .map(|row| Ok(row.try_get("group_id")?))
+            .collect()
     }
 
     /// Returns one token by its public id.

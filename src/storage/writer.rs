@@ -635,12 +635,14 @@ async fn apply(connection: &mut SqliteConnection, write: &Write) -> Result<(), W
             .map_err(database_error)?;
         }
         Write::RevokeToken { token_id, at } => {
-            sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE token_id = ?")
-                .bind(at)
-                .bind(token_id)
-                .execute(&mut *connection)
-                .await
-                .map_err(database_error)?;
+            sqlx::query(
+                "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE token_id = ?",
+            )
+            .bind(at)
+            .bind(token_id)
+            .execute(&mut *connection)
+            .await
+            .map_err(database_error)?;
         }
         Write::PluginEnded {
             name,

@@ -103,20 +103,39 @@ async fn users_see_only_their_menu_and_threads() {
     let bob_menu = menu(&hub, &bob).await;
     for ids in [&ada_menu, &bob_menu] {
         assert!(ids.contains(&"examples.story.start".to_owned()), "{ids:?}");
-        assert!(ids.contains(&"examples.teams.scratch.start".to_owned()), "{ids:?}");
+        assert!(
+            ids.contains(&"examples.teams.scratch.start".to_owned()),
+            "{ids:?}"
+        );
         // The parent nodes needed to reach a start task come along.
         assert!(ids.contains(&"examples.teams".to_owned()), "{ids:?}");
     }
     assert!(ada_menu.contains(&"examples.teams.board.start".to_owned()));
-    assert!(!ada_menu.iter().any(|id| id.starts_with("examples.teams.review")), "{ada_menu:?}");
+    assert!(
+        !ada_menu
+            .iter()
+            .any(|id| id.starts_with("examples.teams.review")),
+        "{ada_menu:?}"
+    );
     assert!(bob_menu.contains(&"examples.teams.review.start".to_owned()));
-    assert!(!bob_menu.iter().any(|id| id.starts_with("examples.teams.board")), "{bob_menu:?}");
+    assert!(
+        !bob_menu
+            .iter()
+            .any(|id| id.starts_with("examples.teams.board")),
+        "{bob_menu:?}"
+    );
 
     // Starting what your groups do not allow looks like a missing task.
     let (status, error) = start(&hub, &bob, "examples.teams.board.start", json!(null)).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
 
-    let (status, started) = start(&hub, &ada, "examples.story.start", json!({"topic": "a fox"})).await;
+    let (status, started) = start(
+        &hub,
+        &ada,
+        "examples.story.start",
+        json!({"topic": "a fox"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{started}");
     assert_eq!(started["userId"], "ada");
     let thread_id = started["threadId"].as_str().unwrap();
@@ -133,7 +152,8 @@ async fn users_see_only_their_menu_and_threads() {
     let update = json!({"command": "update", "task": {"version": 1, "state": {"done": true}}});
     let (status, _) = post(&hub, &bob, &task_path, update).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    hub.wait_for_log(&["access rejected", "user_id=bob", thread_id]).await;
+    hub.wait_for_log(&["access rejected", "user_id=bob", thread_id])
+        .await;
 
     let (status, thread) = get(&hub, &ada, &thread_path).await;
     assert_eq!(status, StatusCode::OK, "{thread}");
@@ -152,7 +172,10 @@ async fn user_mode_rejoins_and_fills_profile_fields() {
     assert_eq!(status, StatusCode::CREATED, "{first}");
     let thread_id = first["threadId"].as_str().unwrap();
     let verdict = waiting_step(&hub, &bob, thread_id).await;
-    assert_eq!(verdict["request"]["prompt"], "Bob, what is your verdict on the draft?");
+    assert_eq!(
+        verdict["request"]["prompt"],
+        "Bob, what is your verdict on the draft?"
+    );
 
     // Starting it again returns to the open thread instead of a new one.
     let (status, again) = start(&hub, &bob, "examples.teams.review.start", input).await;
@@ -224,53 +247,87 @@ async fn group_members_share_one_thread_live() {
 async fn wrong_expired_and_revoked_tokens_are_refused() {
     let files = HubFiles::with_plugins(&["story", "llm-mock"]);
     let ada = add_user(&files, "ada", &[]);
-    let short = cli_ok(&files, &["token", "create", "ada", "--expires-in-days", "0.00002"], "");
+    let short = cli_ok(
+        &files,
+        &["token", "create", "ada", "--expires-in-days", "0.00002"],
+        "",
+    );
     let short = short.trim().to_owned();
     let hub = Hub::start(&files, &[]);
 
     let (status, headers, error) = hub.call(Method::GET, "/api/threads", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{error}");
     assert_eq!(headers["www-authenticate"], "Bearer");
-    assert!(error["error"]["message"].as_str().unwrap().contains("Authorization: Bearer"), "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer"),
+        "{error}"
+    );
 
     let id = ada.token.split('_').nth(1).unwrap();
     let wrong_secret = format!("thk_{id}_{}", "0".repeat(64));
     for token in ["nonsense", "thk_00_11", wrong_secret.as_str()] {
-        let (status, _, _) = hub.call(Method::GET, "/api/threads", Some(token), None).await;
+        let (status, _, _) = hub
+            .call(Method::GET, "/api/threads", Some(token), None)
+            .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{token}");
     }
 
-    let (status, _, me) = hub.call(Method::GET, "/api/session", Some(&ada.token), None).await;
+    let (status, _, me) = hub
+        .call(Method::GET, "/api/session", Some(&ada.token), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{me}");
     assert_eq!(me["userId"], "ada");
     assert_eq!(me["via"], "token");
 
     // The short token lives about two seconds.
     wait_until("the short token to expire", || async {
-        let (status, _, _) = hub.call(Method::GET, "/api/threads", Some(&short), None).await;
+        let (status, _, _) = hub
+            .call(Method::GET, "/api/threads", Some(&short), None)
+            .await;
         (status == StatusCode::UNAUTHORIZED).then_some(())
     })
     .await;
 
     let revoked = cli_ok(&files, &["token", "revoke", &ada.token], "");
-    assert!(revoked.contains(&format!("token {id} of ada revoked")), "{revoked}");
+    assert!(
+        revoked.contains(&format!("token {id} of ada revoked")),
+        "{revoked}"
+    );
     wait_until("the revoked token to be refused", || async {
-        let (status, _, _) = hub.call(Method::GET, "/api/threads", Some(&ada.token), None).await;
+        let (status, _, _) = hub
+            .call(Method::GET, "/api/threads", Some(&ada.token), None)
+            .await;
         (status == StatusCode::UNAUTHORIZED).then_some(())
     })
     .await;
     let listed = cli_ok(&files, &["token", "list", "ada"], "");
-    assert!(listed.contains(&format!("{id}\tada\tapi\trevoked\ttests")), "{listed}");
+    assert!(
+        listed.contains(&format!("{id}\tada\tapi\trevoked\ttests")),
+        "{listed}"
+    );
 
-    assert!(!hub.logs_contain(&ada.token[ada.token.len() - 20..]), "a token secret reached the log");
-    assert!(!hub.logs_contain(&short[short.len() - 20..]), "a token secret reached the log");
+    assert!(
+        !hub.logs_contain(&ada.token[ada.token.len() - 20..]),
+        "a token secret reached the log"
+    );
+    assert!(
+        !hub.logs_contain(&short[short.len() - 20..]),
+        "a token secret reached the log"
+    );
 }
 
 #[tokio::test]
 async fn login_and_logout_with_cookie() {
     let files = HubFiles::with_plugins(&["story", "llm-mock"]);
     let password = "correct horse battery staple";
-    cli_ok(&files, &["user", "add", "ada", "--password-stdin"], &format!("{password}\n"));
+    cli_ok(
+        &files,
+        &["user", "add", "ada", "--password-stdin"],
+        &format!("{password}\n"),
+    );
     let hub = Hub::start(&files, &[]);
     let client = reqwest::Client::new();
     let session = format!("{}/api/session", hub.base);
@@ -311,7 +368,10 @@ async fn login_and_logout_with_cookie() {
             .request(method, format!("{}{path}", hub.base))
             .header("cookie", &cookie)
     };
-    let threads = with_cookie(Method::GET, "/api/threads").send().await.unwrap();
+    let threads = with_cookie(Method::GET, "/api/threads")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(threads.status(), StatusCode::OK);
     let started = with_cookie(Method::POST, "/api/tasks")
         .json(&json!({"command": "start", "task": {"id": "examples.story.start", "input": {"topic": "a fox"}}}))
@@ -320,10 +380,21 @@ async fn login_and_logout_with_cookie() {
         .unwrap();
     assert_eq!(started.status(), StatusCode::CREATED);
 
-    let logout = with_cookie(Method::DELETE, "/api/session").send().await.unwrap();
+    let logout = with_cookie(Method::DELETE, "/api/session")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(logout.status(), StatusCode::NO_CONTENT);
-    assert!(logout.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
-    let after = with_cookie(Method::GET, "/api/threads").send().await.unwrap();
+    assert!(
+        logout.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let after = with_cookie(Method::GET, "/api/threads")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
 
     // Guessing is slowed down: ten attempts a minute per name and address.
@@ -346,18 +417,25 @@ async fn login_and_logout_with_cookie() {
     let error: Value = refused.json().await.unwrap();
     assert_eq!(error["error"]["code"], "login_rate_limited");
 
-    hub.wait_for_log(&["login failed", "user_id=\"nobody\""]).await;
+    hub.wait_for_log(&["login failed", "user_id=\"nobody\""])
+        .await;
     assert!(!hub.logs_contain(password), "the password reached the log");
     assert!(!hub.logs_contain("guess"), "a password reached the log");
     let secret = cookie.rsplit('_').next().unwrap();
-    assert!(!hub.logs_contain(secret), "the session secret reached the log");
+    assert!(
+        !hub.logs_contain(secret),
+        "the session secret reached the log"
+    );
 }
 
 #[tokio::test]
 async fn rate_limit_answers_429_then_recovers() {
     let files = HubFiles::with_plugins(&["story", "llm-mock"]);
     let ada = add_user(&files, "ada", &[]);
-    let hub = Hub::start(&files, &["--rate-limit-per-sec", "1", "--rate-limit-burst", "3"]);
+    let hub = Hub::start(
+        &files,
+        &["--rate-limit-per-sec", "1", "--rate-limit-burst", "3"],
+    );
     let body = json!({"command": "start", "task": {"id": "examples.story.start", "input": {"topic": "a fox"}}});
 
     let mut limited = None;
@@ -375,10 +453,13 @@ async fn rate_limit_answers_429_then_recovers() {
     assert_eq!(error["error"]["code"], "rate_limited");
     let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry_after), "{retry_after}");
-    hub.wait_for_log(&["rate limit reached", "user_id=ada"]).await;
+    hub.wait_for_log(&["rate limit reached", "user_id=ada"])
+        .await;
 
     // Reads are not limited, and the budget refills.
-    let (status, _, _) = hub.call(Method::GET, "/api/threads", Some(&ada.token), None).await;
+    let (status, _, _) = hub
+        .call(Method::GET, "/api/threads", Some(&ada.token), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     wait_until("the rate budget to refill", || async {
         let (status, _, _) = hub
@@ -413,7 +494,12 @@ async fn processors_need_a_processor_token_once_users_exist() {
     assert_eq!(reply["command"], "registered", "{reply}");
     // A processor token is not an API token.
     let (status, _, _) = hub
-        .call(Method::GET, "/api/threads", Some(processor_token.trim()), None)
+        .call(
+            Method::GET,
+            "/api/threads",
+            Some(processor_token.trim()),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
@@ -434,7 +520,9 @@ async fn first_user_ends_dev_mode_while_running() {
     })
     .await;
     hub.wait_for_log(&["dev mode ended"]).await;
-    let (status, _, _) = hub.call(Method::GET, "/api/threads", Some(&ada.token), None).await;
+    let (status, _, _) = hub
+        .call(Method::GET, "/api/threads", Some(&ada.token), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -452,7 +540,10 @@ async fn other_addresses_need_a_user() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("not a loopback address, and no user exists"), "{stderr}");
+    assert!(
+        stderr.contains("not a loopback address, and no user exists"),
+        "{stderr}"
+    );
     assert!(stderr.contains("taskhub user add"), "{stderr}");
 
     add_user(&files, "ada", &[]);
@@ -467,11 +558,23 @@ fn cli_explains_bad_input() {
     let cases: &[(&[&str], &str)] = &[
         (&["user", "add", "ada"], "user ada already exists"),
         (&["user", "add", "a b"], "user name \"a b\" is not valid"),
-        (&["user", "add", "eve", "--profile", "[1]"], "the profile must be a JSON object"),
-        (&["user", "add", "eve", "--profile", "{"], "--profile is not JSON"),
-        (&["group", "add-member", "writers", "ada"], "no group writers"),
+        (
+            &["user", "add", "eve", "--profile", "[1]"],
+            "the profile must be a JSON object",
+        ),
+        (
+            &["user", "add", "eve", "--profile", "{"],
+            "--profile is not JSON",
+        ),
+        (
+            &["group", "add-member", "writers", "ada"],
+            "no group writers",
+        ),
         (&["token", "create", "nobody"], "no user nobody"),
-        (&["token", "create", "ada", "--expires-in-days", "-1"], "positive number of days"),
+        (
+            &["token", "create", "ada", "--expires-in-days", "-1"],
+            "positive number of days",
+        ),
         (&["token", "revoke", "feedface"], "no token feedface"),
     ];
     for (args, expected) in cases {

@@ -287,7 +287,11 @@ impl Hub {
         let response = request.send().await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
-        (status, headers, response.json().await.unwrap_or(Value::Null))
+        (
+            status,
+            headers,
+            response.json().await.unwrap_or(Value::Null),
+        )
     }
 
     /// Starts task `id` and returns the created task; fails unless 201.
@@ -395,7 +399,12 @@ pub fn cli(files: &HubFiles, args: &[&str], stdin: &str) -> (bool, String, Strin
         .stderr(Stdio::piped())
         .spawn()
         .expect("failed to run the taskhub binary");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     (
         output.status.success(),

@@ -224,7 +224,14 @@ async fn sign_in_shows_own_menu_and_signs_out() {
     let profile = json!({"name": "Ada"}).to_string();
     cli_ok(
         &files,
-        &["user", "add", "ada", "--password-stdin", "--profile", &profile],
+        &[
+            "user",
+            "add",
+            "ada",
+            "--password-stdin",
+            "--profile",
+            &profile,
+        ],
         &format!("{password}\n"),
     );
     cli_ok(&files, &["group", "add", "writers"], "");
@@ -252,7 +259,9 @@ async fn sign_in_shows_own_menu_and_signs_out() {
     assert!(
         browser
             .client
-            .find(fantoccini::Locator::Css(r#"button[data-task="examples.teams.review.start"]"#))
+            .find(fantoccini::Locator::Css(
+                r#"button[data-task="examples.teams.review.start"]"#
+            ))
             .await
             .is_err(),
         "ada is not an editor"

@@ -27,7 +27,11 @@ impl Guest for Teams {
     fn definitions() -> Vec<TaskDefinition> {
         vec![
             node("examples.teams", "Team work", None),
-            node("examples.teams.board", "Team board", Some(r#"{"groups": ["writers"]}"#)),
+            node(
+                "examples.teams.board",
+                "Team board",
+                Some(r#"{"groups": ["writers"]}"#),
+            ),
             start(
                 "examples.teams.board.start",
                 "Open the writers' board",
@@ -39,7 +43,11 @@ impl Guest for Teams {
                 "Notes",
                 "Notes for the team (board opened by {{user.id}}). Send partial updates to add notes; finish when done.",
             ),
-            node("examples.teams.review", "Review", Some(r#"{"groups": ["editors"]}"#)),
+            node(
+                "examples.teams.review",
+                "Review",
+                Some(r#"{"groups": ["editors"]}"#),
+            ),
             start(
                 "examples.teams.review.start",
                 "Open my review",
@@ -57,7 +65,11 @@ impl Guest for Teams {
                 r#"{"threadMode": "session"}"#,
                 "examples.teams.scratch.pad",
             ),
-            person("examples.teams.scratch.pad", "Scratchpad", "Write anything, {{user.id}}."),
+            person(
+                "examples.teams.scratch.pad",
+                "Scratchpad",
+                "Write anything, {{user.id}}.",
+            ),
             TaskDefinition {
                 environments: Some(Vec::new()),
                 ..node("examples.teams.error", "Team work failed", None)
