@@ -79,6 +79,13 @@ enum UserCommand {
         #[arg(long, default_value = "{}")]
         profile: String,
     },
+    /// Replace a user's profile fields.
+    Profile {
+        /// The user.
+        name: String,
+        /// The profile fields as a JSON object, e.g. '{"name": "Ada"}'.
+        profile: String,
+    },
     /// List users and their groups.
     List,
 }
@@ -477,7 +484,7 @@ async fn rollback(name: &str, hub: &str, token: Option<&str>) -> anyhow::Result<
 }
 
 async fn users(command: UserCommand, db: &std::path::Path) -> anyhow::Result<()> {
-    let storage = open(db).await?;
+    let storage = open(db, matches!(command, UserCommand::Add { .. })).await?;
     let result = match command {
         UserCommand::Add {
             name,
@@ -502,6 +509,12 @@ async fn users(command: UserCommand, db: &std::path::Path) -> anyhow::Result<()>
                     }
                 })
         }
+        UserCommand::Profile { name, profile } => match serde_json::from_str(&profile) {
+            Ok(profile) => admin::set_profile(&storage, &name, profile)
+                .await
+                .map(|()| println!("profile of {name} replaced")),
+            Err(err) => Err(anyhow::anyhow!("the profile is not JSON: {err}")),
+        },
         UserCommand::List => list_users(&storage).await,
     };
     storage.close().await;
@@ -517,11 +530,15 @@ async fn list_users(storage: &Storage) -> anyhow::Result<()> {
 }
 
 async fn groups(command: GroupCommand, db: &std::path::Path) -> anyhow::Result<()> {
-    let storage = open(db).await?;
+    let storage = open(db, matches!(command, GroupCommand::Add { .. })).await?;
     let result = match command {
-        GroupCommand::Add { name } => admin::add_group(&storage, &name)
-            .await
-            .map(|()| println!("group {name} added")),
+        GroupCommand::Add { name } => admin::add_group(&storage, &name).await.map(|new| {
+            if new {
+                println!("group {name} added");
+            } else {
+                println!("group {name} exists already; nothing changed");
+            }
+        }),
         GroupCommand::AddMember { group, user } => admin::add_member(&storage, &group, &user)
             .await
             .map(|()| println!("user {user} is a member of {group}")),
@@ -531,7 +548,7 @@ async fn groups(command: GroupCommand, db: &std::path::Path) -> anyhow::Result<(
 }
 
 async fn tokens(command: TokenCommand, db: &std::path::Path) -> anyhow::Result<()> {
-    let storage = open(db).await?;
+    let storage = open(db, false).await?;
     let result = match command {
         TokenCommand::Create {
             user,
@@ -552,7 +569,7 @@ async fn tokens(command: TokenCommand, db: &std::path::Path) -> anyhow::Result<(
 
 async fn list_tokens(storage: &Storage, user: Option<&str>) -> anyhow::Result<()> {
     let now = taskhub::engine::task::now_millis();
-    println!("ID\tUSER\tKIND\tSTATE\tLABEL");
+    println!("ID\tUSER\tKIND\tSTATE\tCREATED\tEXPIRES\tLABEL");
     for token in storage.tokens(user).await? {
         let state = match (token.revoked_at, token.expires_at) {
             (Some(_), _) => "revoked",
@@ -560,16 +577,35 @@ async fn list_tokens(storage: &Storage, user: Option<&str>) -> anyhow::Result<()
             _ => "active",
         };
         let label = token.label.as_deref().unwrap_or("");
+        let expires = token.expires_at.map_or_else(|| "never".to_owned(), time);
         println!(
-            "{}\t{}\t{}\t{state}\t{label}",
-            token.token_id, token.user_id, token.kind
+            "{}\t{}\t{}\t{state}\t{}\t{expires}\t{label}",
+            token.token_id,
+            token.user_id,
+            token.kind,
+            time(token.created_at)
         );
     }
     Ok(())
 }
 
-/// Opens the hub's database for the user, group and token commands.
-async fn open(db: &std::path::Path) -> anyhow::Result<Storage> {
+/// Formats Unix milliseconds as an RFC 3339 time in UTC.
+fn time(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis).map_or_else(
+        || millis.to_string(),
+        |time| time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
+}
+
+/// Opens the hub's database for the user, group and token commands;
+/// only commands that add something may create it.
+async fn open(db: &std::path::Path, create: bool) -> anyhow::Result<Storage> {
+    if !db.exists() && !create {
+        anyhow::bail!(
+            "no database at {}; pass the hub's --db (or set TASKHUB_DB)",
+            db.display()
+        );
+    }
     if !db.exists() {
         eprintln!(
             "note: no database at {}, creating it; pass the hub's --db if that is not what you meant",

@@ -20,13 +20,18 @@ pub const MAX_NAME: usize = 64;
 ///
 /// Says what is wrong with the name.
 pub fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
-    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
-    if name.is_empty() || name.len() > MAX_NAME || !name.chars().all(valid_char) {
+    if !is_valid_name(name) {
         bail!(
             "{what} name {name:?} is not valid: use 1 to {MAX_NAME} letters, digits, '.', '_', '-' or '@'"
         );
     }
     Ok(())
+}
+
+/// Returns whether `name` is a valid user or group name.
+pub fn is_valid_name(name: &str) -> bool {
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
+    !name.is_empty() && name.len() <= MAX_NAME && name.chars().all(valid_char)
 }
 
 /// Adds a user with an optional password (for the browser) and profile
@@ -43,6 +48,12 @@ pub async fn add_user(
     profile: Value,
 ) -> anyhow::Result<()> {
     check_name("user", user_id)?;
+    if user_id == super::LOCAL_USER {
+        bail!(
+            "the user name {user_id:?} is reserved for dev mode's implicit user, who owns the threads \
+             started before the first user existed; choose another name"
+        );
+    }
     if !profile.is_object() {
         bail!("the profile must be a JSON object such as {{\"name\": \"Ada\"}}, not {profile}");
     }
@@ -75,13 +86,42 @@ pub async fn add_user(
     Ok(())
 }
 
-/// Adds a group; adding one that exists does nothing.
+/// Replaces a user's profile fields.
+///
+/// # Errors
+///
+/// Fails for an unknown user, a profile that is not a JSON object, or a
+/// database failure.
+pub async fn set_profile(storage: &Storage, user_id: &str, profile: Value) -> anyhow::Result<()> {
+    if !profile.is_object() {
+        bail!("the profile must be a JSON object such as {{\"name\": \"Ada\"}}, not {profile}");
+    }
+    if storage.user(user_id).await?.is_none() {
+        bail!("no user {user_id}; add it first with `taskhub user add {user_id}`");
+    }
+    let mut transaction = Transaction::new();
+    transaction.push(Write::SetProfile {
+        user_id: user_id.to_owned(),
+        profile: profile.to_string(),
+    });
+    storage
+        .commit(transaction)
+        .await
+        .context("failed to store the profile")?;
+    Ok(())
+}
+
+/// Adds a group and returns whether it is new; adding one that exists
+/// does nothing.
 ///
 /// # Errors
 ///
 /// Fails on a bad name or a database failure.
-pub async fn add_group(storage: &Storage, group_id: &str) -> anyhow::Result<()> {
+pub async fn add_group(storage: &Storage, group_id: &str) -> anyhow::Result<bool> {
     check_name("group", group_id)?;
+    if storage.group_exists(group_id).await? {
+        return Ok(false);
+    }
     let mut transaction = Transaction::new();
     transaction.push(Write::InsertGroup {
         group_id: group_id.to_owned(),
@@ -91,7 +131,7 @@ pub async fn add_group(storage: &Storage, group_id: &str) -> anyhow::Result<()> 
         .commit(transaction)
         .await
         .context("failed to store the group")?;
-    Ok(())
+    Ok(true)
 }
 
 /// Adds a user to a group; both must exist.
@@ -135,8 +175,11 @@ pub async fn create_token(
         bail!("no user {user_id}; add it first with `taskhub user add {user_id}`");
     }
     let expires_at = match expires_in_days {
-        Some(days) if !(days.is_finite() && days > 0.0) => {
-            bail!("--expires-in-days must be a positive number of days, not {days}")
+        Some(days) if !(days.is_finite() && days * 86_400.0 >= 1.0 && days <= 36_500.0) => {
+            bail!(
+                "--expires-in-days must be a number of days between one second (0.0000116) and \
+                 100 years (36500), not {days}; leave it out for a token that never expires"
+            )
         }
         Some(days) => Some(now_millis() + (days * 86_400_000.0) as i64),
         None => None,
@@ -152,7 +195,11 @@ pub async fn create_token(
 ///
 /// Fails for an unknown token or on a database failure.
 pub async fn revoke_token(storage: &Storage, token: &str) -> anyhow::Result<TokenRecord> {
-    let token_id = secret::split(token).map_or(token, |(id, _)| id);
+    // The whole token, `thk_<id>`, or the bare id.
+    let token_id = secret::split(token).map_or_else(
+        || token.strip_prefix(secret::PREFIX).unwrap_or(token),
+        |(id, _)| id,
+    );
     let Some(record) = storage.token(token_id).await? else {
         bail!("no token {token_id}; `taskhub token list` shows the ids");
     };

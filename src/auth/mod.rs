@@ -16,7 +16,7 @@ pub mod admin;
 pub mod secret;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,12 +37,16 @@ use crate::storage::{
 /// against the database again (revocation, expiry).
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
 
+/// How often dev mode looks for a first user, which ends it.
+pub const DEV_CHECK: Duration = Duration::from_secs(1);
+
 /// How long a browser session lasts.
 pub const SESSION_LENGTH: Duration = Duration::from_secs(12 * 3600);
 
-/// Login attempts one user name, or one client address, may make per
-/// minute.
-pub const LOGINS_PER_MINUTE: u32 = 10;
+/// Failed logins or made-up tokens one client address, or failed logins
+/// for one user name, allowed per minute before further attempts are
+/// rejected with 429.
+pub const FAILURES_PER_MINUTE: u32 = 10;
 
 /// The user id of dev mode.
 pub const LOCAL_USER: &str = "local";
@@ -100,8 +104,9 @@ pub enum AuthError {
     /// The user name or password is wrong.
     #[error("wrong user name or password")]
     WrongPassword,
-    /// Too many login attempts for this user name or from this address.
-    #[error("too many login attempts; try again in {} s", .0.as_secs().max(1))]
+    /// Too many failed logins or wrong tokens for this user name or from
+    /// this address.
+    #[error("too many failed logins or wrong tokens; try again in {} s", .0.as_secs().max(1))]
     TooManyAttempts(Duration),
     /// The database failed.
     #[error(transparent)]
@@ -128,8 +133,9 @@ pub struct Auth {
     dev_checked: Mutex<Instant>,
     verified: Mutex<HashMap<[u8; 32], Verified>>,
     limiter: DefaultKeyedRateLimiter<String>,
-    /// Login attempts, per user name and per client address.
-    logins: DefaultKeyedRateLimiter<String>,
+    /// Failed logins and made-up credentials, per client address and per
+    /// user name.
+    failures: Throttle,
     /// Permits for argon2 runs, one per core. Each run takes 19 MiB (the
     /// crate's default cost) and a core for an estimated tens of
     /// milliseconds, so a flood of logins or made-up tokens waits here
@@ -187,10 +193,7 @@ impl Auth {
             dev_checked: Mutex::new(Instant::now()),
             verified: Mutex::new(HashMap::new()),
             limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
-            logins: RateLimiter::keyed(
-                Quota::per_minute(NonZeroU32::new(LOGINS_PER_MINUTE).expect("not zero"))
-                    .allow_burst(NonZeroU32::new(LOGINS_PER_MINUTE).expect("not zero")),
-            ),
+            failures: Throttle::new(FAILURES_PER_MINUTE),
             hashing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             ),
@@ -203,14 +206,19 @@ impl Auth {
     }
 
     /// Ends dev mode once a user exists (added with the CLI while the hub
-    /// runs). Looks at most once per [`CACHE_TTL`].
-    async fn refresh_dev(&self) -> Result<bool, AuthError> {
+    /// runs), and returns whether the hub is still in dev mode. Looks for
+    /// users at most once per [`DEV_CHECK`].
+    ///
+    /// # Errors
+    ///
+    /// Fails when the database cannot be read.
+    pub async fn refresh_dev(&self) -> Result<bool, AuthError> {
         if !self.is_dev() {
             return Ok(false);
         }
         {
             let mut checked = self.dev_checked.lock().expect("auth clock poisoned");
-            if checked.elapsed() < CACHE_TTL {
+            if checked.elapsed() < DEV_CHECK {
                 return Ok(true);
             }
             *checked = Instant::now();
@@ -243,6 +251,7 @@ impl Auth {
         &self,
         bearer: Option<&str>,
         session: Option<&str>,
+        client: Option<IpAddr>,
     ) -> Result<Principal, AuthError> {
         if self.refresh_dev().await? {
             return Ok(Self::dev_principal());
@@ -252,7 +261,7 @@ impl Auth {
             (None, Some(session)) => (session, &["session"]),
             (None, None) => return Err(AuthError::Missing),
         };
-        self.verify(credential, kinds).await
+        self.verify(credential, kinds, client).await
     }
 
     /// Authenticates a processor's `register` token: a processor token of
@@ -261,11 +270,20 @@ impl Auth {
     /// # Errors
     ///
     /// [`AuthError::Invalid`] for anything else.
-    pub async fn authenticate_processor(&self, token: &str) -> Result<Principal, AuthError> {
-        self.verify(token, &["processor"]).await
+    pub async fn authenticate_processor(
+        &self,
+        token: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Principal, AuthError> {
+        self.verify(token, &["processor"], client).await
     }
 
-    async fn verify(&self, credential: &str, kinds: &[&str]) -> Result<Principal, AuthError> {
+    async fn verify(
+        &self,
+        credential: &str,
+        kinds: &[&str],
+        client: Option<IpAddr>,
+    ) -> Result<Principal, AuthError> {
         let key: [u8; 32] = Sha256::digest(credential.as_bytes()).into();
         let now = now_millis();
         let cached = self
@@ -282,16 +300,28 @@ impl Auth {
             return Ok(verified.principal);
         }
 
-        let (token_id, secret_part) = secret::split(credential).ok_or(AuthError::Invalid)?;
-        let record = self
-            .storage
-            .token(token_id)
-            .await?
-            .ok_or(AuthError::Invalid)?;
-        if !kinds.contains(&record.kind.as_str())
-            || record.revoked_at.is_some()
-            || record.expires_at.is_some_and(|at| at <= now)
+        // A client that keeps sending made-up or guessed credentials is
+        // blocked before they cost a hash. Expired and revoked tokens are
+        // not counted: a browser with an old cookie is no attacker.
+        let address = client.map(|client| format!("address:{client}"));
+        if let Some(wait) = address
+            .as_deref()
+            .and_then(|key| self.failures.blocked(key))
         {
+            return Err(AuthError::TooManyAttempts(wait));
+        }
+        let guessed = || {
+            if let Some(key) = &address {
+                self.failures.fail(key);
+            }
+            AuthError::Invalid
+        };
+        let (token_id, secret_part) = secret::split(credential).ok_or_else(guessed)?;
+        let record = self.storage.token(token_id).await?.ok_or_else(guessed)?;
+        if !kinds.contains(&record.kind.as_str()) {
+            return Err(guessed());
+        }
+        if record.revoked_at.is_some() || record.expires_at.is_some_and(|at| at <= now) {
             return Err(AuthError::Invalid);
         }
         let hash = record.secret_hash.clone();
@@ -300,7 +330,7 @@ impl Auth {
             .hash_work(move || secret::verify(&secret_part, &hash))
             .await;
         if !matches {
-            return Err(AuthError::Invalid);
+            return Err(guessed());
         }
         let principal = self
             .principal(
@@ -320,6 +350,20 @@ impl Auth {
         Ok(principal)
     }
 
+    /// Returns whether the token with id `token_id` exists and is neither
+    /// revoked nor expired. Reads the database and hashes nothing, so it
+    /// is cheap enough to ask on every processor heartbeat.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the database cannot be read.
+    pub async fn is_active(&self, token_id: &str) -> Result<bool, AuthError> {
+        let now = now_millis();
+        Ok(self.storage.token(token_id).await?.is_some_and(|record| {
+            record.revoked_at.is_none() && record.expires_at.is_none_or(|at| at > now)
+        }))
+    }
+
     /// Checks a user's password and opens a browser session. Returns the
     /// session credential for the cookie and the principal.
     ///
@@ -331,17 +375,24 @@ impl Auth {
         &self,
         user_id: &str,
         password: &str,
-        client: std::net::IpAddr,
+        client: IpAddr,
     ) -> Result<(String, Principal), AuthError> {
-        for key in [
-            format!("login-user:{user_id}"),
-            format!("login-address:{client}"),
-        ] {
-            if let Err(not_until) = self.logins.check_key(&key) {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                tracing::warn!(user_id, %client, "login rejected: too many attempts");
-                return Err(AuthError::TooManyAttempts(wait));
-            }
+        let address = format!("address:{client}");
+        if let Some(wait) = self.failures.blocked(&address) {
+            tracing::warn!(%client, "login rejected: too many failed attempts from this address");
+            return Err(AuthError::TooManyAttempts(wait));
+        }
+        if !admin::is_valid_name(user_id) {
+            // Not a name the hub could have, so not worth a hash; and not
+            // logged, since it may be a password typed in the wrong field.
+            self.failures.fail(&address);
+            tracing::warn!(%client, "login failed: invalid user name");
+            return Err(AuthError::WrongPassword);
+        }
+        let name = format!("user:{user_id}");
+        if let Some(wait) = self.failures.blocked(&name) {
+            tracing::warn!(user_id, %client, "login rejected: too many failed attempts for this user");
+            return Err(AuthError::TooManyAttempts(wait));
         }
         let user = self.storage.user(user_id).await?;
         let hash = user.and_then(|user| user.password_hash);
@@ -358,12 +409,14 @@ impl Auth {
             })
             .await;
         if !matches {
-            tracing::warn!(user_id, "login failed: wrong user name or password");
+            self.failures.fail(&address);
+            self.failures.fail(&name);
+            tracing::warn!(user_id, %client, "login failed: wrong user name or password");
             return Err(AuthError::WrongPassword);
         }
         let expires = now_millis() + SESSION_LENGTH.as_millis() as i64;
         let credential = self.issue(user_id, "session", None, Some(expires)).await?;
-        let principal = self.verify(&credential, &["session"]).await?;
+        let principal = self.verify(&credential, &["session"], None).await?;
         tracing::info!(user_id, "logged in");
         Ok((credential, principal))
     }
@@ -421,7 +474,7 @@ impl Auth {
         if limiter.len() > 10_000 {
             // Forget keys whose budget is full again (ended sessions).
             limiter.retain_recent();
-            self.logins.retain_recent();
+
             self.verified
                 .lock()
                 .expect("auth cache poisoned")
@@ -487,6 +540,47 @@ fn via_of(kind: &str) -> &'static str {
         "session" => "session",
         "processor" => "processor",
         _ => "token",
+    }
+}
+
+/// Failed attempts per key (a client address or a user name). A key past
+/// its budget is blocked until the budget refills.
+struct Throttle {
+    failures: DefaultKeyedRateLimiter<String>,
+    blocked: Mutex<HashMap<String, Instant>>,
+}
+
+impl Throttle {
+    fn new(per_minute: u32) -> Self {
+        let per_minute = NonZeroU32::new(per_minute.max(1)).expect("at least 1");
+        Self {
+            failures: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(per_minute)),
+            blocked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Returns how much longer `key` is blocked, if it is.
+    fn blocked(&self, key: &str) -> Option<Duration> {
+        let blocked = self.blocked.lock().expect("throttle poisoned");
+        blocked
+            .get(key)
+            .and_then(|until| until.checked_duration_since(Instant::now()))
+    }
+
+    /// Counts a failure of `key`, and blocks it once it is past its budget.
+    fn fail(&self, key: &str) {
+        if let Err(not_until) = self.failures.check_key(&key.to_owned()) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let mut blocked = self.blocked.lock().expect("throttle poisoned");
+            if blocked.len() >= 10_000 {
+                let now = Instant::now();
+                blocked.retain(|_, until| *until > now);
+            }
+            blocked.insert(key.to_owned(), Instant::now() + wait);
+        }
+        if self.failures.len() >= 10_000 {
+            self.failures.retain_recent();
+        }
     }
 }
 

@@ -321,6 +321,26 @@ impl Catalog {
         self.menu_for(None)
     }
 
+    /// Returns whether someone in `groups` may start a start task at or
+    /// below `id`. A taskflow without start tasks stays visible.
+    pub fn may_start_below(&self, id: &str, groups: &[String]) -> bool {
+        let prefix = format!("{id}.");
+        let mut starts = self
+            .order
+            .iter()
+            .filter(|task_id| *task_id == id || task_id.starts_with(&prefix))
+            .map(|task_id| &self.resolved[task_id])
+            .filter(|definition| definition.start)
+            .peekable();
+        if starts.peek().is_none() {
+            return true;
+        }
+        starts.any(|definition| {
+            start_groups(definition)
+                .is_none_or(|allowed| allowed.iter().any(|group| groups.contains(group)))
+        })
+    }
+
     /// Returns the menu of someone in `groups`: the start definitions whose
     /// `config.groups` allows one of them (or that allow everyone), and the
     /// nodes above them. `None` shows every start definition.

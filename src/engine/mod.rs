@@ -251,8 +251,25 @@ impl Engine {
                     "you are not a member of group `{group}`; leave `groupId` out or name one of yours"
                 )));
             }
+            Some(group)
+                if allowed
+                    .as_ref()
+                    .is_some_and(|allowed| !allowed.contains(group)) =>
+            {
+                let allowed = allowed.as_deref().unwrap_or_default().join(", ");
+                return Err(EngineError::Invalid(format!(
+                    "task {} may run only for the groups {allowed}, not `{group}`; leave `groupId` \
+                     out or name one of those",
+                    request.id
+                )));
+            }
             Some(group) => Some(group.clone()),
             None => match &allowed {
+                // Dev mode belongs to no group; it acts for the first one
+                // the task allows.
+                Some(allowed) if request.unrestricted && request.groups.is_empty() => {
+                    allowed.first().cloned()
+                }
                 Some(allowed) => request
                     .groups
                     .iter()
@@ -262,22 +279,22 @@ impl Engine {
             },
         };
         let mode = catalog::thread_mode(&definition).map_err(EngineError::Invalid)?;
-        let mode_key =
-            match mode {
-                "new" => None,
-                "user" => Some(format!("user:{}", request.user_id)),
-                "group" => Some(format!(
+        let mode_key = match mode {
+            "new" => None,
+            "user" => Some(format!("user:{}", request.user_id)),
+            "group" => Some(format!(
                 "group:{}",
                 group_id.as_deref().ok_or_else(|| EngineError::Invalid(format!(
-                    "task {} runs one thread per group, and you belong to no group it allows",
+                    "task {} runs one thread per group, and you belong to no group; an operator \
+                     adds you to one with `taskhub group add-member GROUP USER`",
                     request.id
                 )))?
             )),
-                _ => Some(format!(
-                    "session:{}",
-                    request.session.as_deref().unwrap_or(&request.user_id)
-                )),
-            };
+            _ => Some(format!(
+                "session:{}",
+                request.session.as_deref().unwrap_or(&request.user_id)
+            )),
+        };
         if let Some(key) = &mode_key
             && let Some(task) = self.running_task(&definition.id, key).await?
         {

@@ -123,7 +123,12 @@ fn preference(task: &Task) -> Result<Preference, String> {
 
 /// Picks the provider for a task in `environment`: a plugin before a
 /// processor, unless `preference` allows only one kind.
-fn choose(providers: Providers<'_>, environment: &str, preference: Preference) -> Option<Target> {
+fn choose(
+    providers: Providers<'_>,
+    environment: &str,
+    preference: Preference,
+    user_id: Option<&str>,
+) -> Option<Target> {
     let plugin = || {
         providers
             .plugins
@@ -133,7 +138,7 @@ fn choose(providers: Providers<'_>, environment: &str, preference: Preference) -
     let processor = || {
         providers
             .processors
-            .choose(environment)
+            .choose(environment, user_id)
             .map(Target::Processor)
     };
     match preference {
@@ -150,7 +155,11 @@ pub fn can_dispatch(providers: Providers<'_>, task: &Task) -> bool {
         return false;
     };
     let plugin = || providers.plugins.provider(environment).is_some();
-    let processor = || providers.processors.serves(environment);
+    let processor = || {
+        providers
+            .processors
+            .serves(environment, task.user_id.as_deref())
+    };
     match preference(task) {
         Ok(Preference::Any) => plugin() || processor(),
         Ok(Preference::Plugin) => plugin(),
@@ -357,7 +366,12 @@ impl<'a> Plan<'a> {
         let target = if environment == USER_ENVIRONMENT {
             None
         } else {
-            choose(self.providers, &environment, preference)
+            choose(
+                self.providers,
+                &environment,
+                preference,
+                instance.task.user_id.as_deref(),
+            )
         };
 
         instance.task.status = if environment == USER_ENVIRONMENT {

@@ -182,7 +182,7 @@ fn resolve<'a>(
         }
         "user" => walk(context.user, path).ok_or_else(|| {
             unresolved(format!(
-                "the user's profile has no value at `{path}`; set it with `taskhub user add NAME --profile JSON`"
+                "the user's profile has no value at `{path}`; set it with `taskhub user profile NAME JSON`"
             ))
         }),
         _ => Err(unresolved(format!(

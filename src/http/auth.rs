@@ -31,10 +31,14 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let bearer = bearer(&parts.headers);
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|ConnectInfo(address)| address.ip());
         let session = cookie(&parts.headers, SESSION_COOKIE);
         state
             .auth
-            .authenticate(bearer.as_deref(), session.as_deref())
+            .authenticate(bearer.as_deref(), session.as_deref(), client)
             .await
             .map(Caller)
             .map_err(unauthorized)
@@ -47,9 +51,11 @@ pub fn unauthorized(error: AuthError) -> ApiError {
     match error {
         AuthError::Storage(err) => ApiError::internal(&err),
         AuthError::Write(err) => ApiError::internal(&err),
-        AuthError::TooManyAttempts(wait) => {
-            retry_later(wait, "login_rate_limited", "too many login attempts")
-        }
+        AuthError::TooManyAttempts(wait) => retry_later(
+            wait,
+            "too_many_failures",
+            "too many failed logins or wrong tokens",
+        ),
         other => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", other.to_string())
             .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")),
     }
@@ -146,11 +152,20 @@ pub async fn login(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let login: Login = serde_json::from_value(body).map_err(|err| {
-        ApiError::invalid_task(format!(
-            "a login is {{\"userId\": \"...\", \"password\": \"...\"}}: {err}"
-        ))
-    })?;
+    let invalid = |reason: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_login",
+            format!("a login is {{\"userId\": \"...\", \"password\": \"...\"}}: {reason}"),
+        )
+    };
+    if !body.is_object() {
+        return Err(invalid(format!(
+            "got {}",
+            crate::engine::merge::json_kind(&body)
+        )));
+    }
+    let login: Login = serde_json::from_value(body).map_err(|err| invalid(err.to_string()))?;
     if state.auth.is_dev() {
         return Ok(Json(crate::auth::Auth::dev_principal()).into_response());
     }

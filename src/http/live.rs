@@ -72,6 +72,7 @@ pub async fn events(
     let visible = Visibility {
         caller,
         storage: state.engine.storage().clone(),
+        auth: state.auth.clone(),
         known: HashMap::new(),
     };
     let stream = futures_util::stream::unfold(
@@ -95,6 +96,11 @@ pub async fn events(
                     }
                     Err(RecvError::Closed) => return None,
                 };
+                // A stream opened in dev mode ends with it: its caller
+                // was nobody in particular.
+                if visible.caller.is_dev() && !visible.auth.refresh_dev().await.unwrap_or(false) {
+                    return None;
+                }
                 if !matches_thread(&event, thread_id.as_deref()) || !visible.allows(&event).await {
                     continue;
                 }
@@ -112,6 +118,7 @@ pub async fn events(
 struct Visibility {
     caller: Principal,
     storage: Storage,
+    auth: std::sync::Arc<crate::auth::Auth>,
     /// Thread id → whether the caller may see it.
     known: HashMap<String, bool>,
 }

@@ -56,7 +56,11 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     get,
     path = "/api/taskflows",
     tag = "taskflows",
-    responses((status = 200, description = "The menu tree", body = Vec<MenuNode>))
+    security(("bearer" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "The menu tree", body = Vec<MenuNode>),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+    )
 )]
 pub async fn taskflows(
     State(state): State<AppState>,
@@ -78,18 +82,16 @@ pub async fn taskflows(
     tag = "taskflows",
     params(("taskflowId" = String, Path, description = "A taskflow id, e.g. `examples.story`")),
     security(("bearer" = []), ("session" = [])),
-    security(("bearer" = []), ("session" = [])),
     responses(
-        (status = 401, description = "No valid token or session", body = ErrorBody),
         (status = 401, description = "No valid token or session", body = ErrorBody),
         (status = 200, description = "The taskflow's graph", body = TaskflowGraph),
         (status = 400, description = "The id is not valid UTF-8", body = ErrorBody),
-        (status = 404, description = "No loaded task is below this id", body = ErrorBody),
+        (status = 404, description = "No loaded task is below this id, or none you may start", body = ErrorBody),
     )
 )]
 pub async fn taskflow_graph(
     State(state): State<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
     taskflow_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TaskflowGraph>, ApiError> {
     let taskflow_id = taskflow_id.map(|Path(id)| id).map_err(|rejection| {
@@ -99,11 +101,14 @@ pub async fn taskflow_graph(
             rejection.body_text(),
         )
     })?;
-    state
-        .registry
-        .snapshot()
-        .catalog
-        .graph(&taskflow_id)
+    let snapshot = state.registry.snapshot();
+    let catalog = &snapshot.catalog;
+    // A taskflow with no start task the caller may start is answered like
+    // an unknown one, as a start of it would be.
+    let visible = caller.is_dev() || catalog.may_start_below(&taskflow_id, &caller.groups);
+    visible
+        .then(|| catalog.graph(&taskflow_id))
+        .flatten()
         .map(Json)
         .ok_or_else(|| {
             ApiError::not_found(format!(
@@ -118,7 +123,11 @@ pub async fn taskflow_graph(
     get,
     path = "/api/plugins",
     tag = "plugins",
-    responses((status = 200, description = "The plugins, by name", body = Vec<PluginStatus>))
+    security(("bearer" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "The plugins, by name", body = Vec<PluginStatus>),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+    )
 )]
 pub async fn plugins(
     State(state): State<AppState>,
@@ -135,9 +144,7 @@ pub async fn plugins(
     tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name")),
     security(("bearer" = []), ("session" = [])),
-    security(("bearer" = []), ("session" = [])),
     responses(
-        (status = 401, description = "No valid token or session", body = ErrorBody),
         (status = 401, description = "No valid token or session", body = ErrorBody),
         (status = 200, description = "The versions, newest first", body = Vec<PluginVersionRecord>),
         (status = 400, description = "The name is not valid UTF-8", body = ErrorBody),
@@ -219,18 +226,25 @@ pub async fn plugin_rollback(
     }
 }
 
-/// Returns the connected processors.
+/// Returns the connected processors: every one for members of the admin
+/// group, and the caller's own (registered with their processor token)
+/// for everyone else.
 #[utoipa::path(
     get,
     path = "/api/processors",
     tag = "processors",
-    responses((status = 200, description = "The processors, by id", body = Vec<ProcessorStatus>))
+    security(("bearer" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "The processors, by id", body = Vec<ProcessorStatus>),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+    )
 )]
 pub async fn processors(
     State(state): State<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
 ) -> Json<Vec<ProcessorStatus>> {
-    Json(state.engine.processors().statuses())
+    let owner = (!caller.is_admin()).then_some(caller.user_id.as_str());
+    Json(state.engine.processors().statuses(owner))
 }
 
 /// Opens a processor connection (WebSocket); `docs/PROCESSORS.md`
@@ -239,9 +253,7 @@ pub async fn processors(
     get,
     path = "/ws",
     tag = "processors",
-    security(("bearer" = []), ("session" = [])),
     responses(
-        (status = 401, description = "No valid token or session", body = ErrorBody),
         (status = 101, description = "Switched to the WebSocket protocol"),
         (status = 400, description = "Not a valid WebSocket upgrade request", body = ErrorBody),
         (status = 426, description = "The connection cannot be upgraded", body = ErrorBody),

@@ -42,12 +42,24 @@ pub struct Processor {
     pub address: String,
     /// Distinguishes this connection from an earlier one with the same id.
     pub session: u64,
+    /// The user whose processor token it registered with, who is sent only
+    /// tasks of threads they started. `None` serves every thread: the
+    /// hub's shared token, dev mode, or a member of the admin group.
+    pub owner: Option<String>,
     last_heartbeat: AtomicI64,
     in_flight: AtomicUsize,
     outbound: mpsc::Sender<Outbound>,
 }
 
 impl Processor {
+    /// Returns whether this connection may be sent tasks of threads that
+    /// `user_id` started.
+    pub fn may_serve(&self, user_id: Option<&str>) -> bool {
+        self.owner
+            .as_deref()
+            .is_none_or(|owner| Some(owner) == user_id)
+    }
+
     /// Returns the `provider` value of the tasks this connection holds.
     /// It names the session too, so a reconnected processor does not hold
     /// the tasks sent to its earlier connection.
@@ -104,6 +116,9 @@ pub struct ProcessorStatus {
     pub in_flight: usize,
     /// The peer's address.
     pub address: String,
+    /// The user whose processor token it registered with, who alone is
+    /// sent tasks of theirs; `null` serves every thread.
+    pub owner: Option<String>,
 }
 
 /// Why a registration was rejected.
@@ -147,6 +162,7 @@ impl ProcessorRegistry {
         id: &str,
         environments: Vec<String>,
         address: String,
+        owner: Option<String>,
     ) -> Result<(Arc<Processor>, mpsc::Receiver<Outbound>), RegisterError> {
         let mut processors = self.processors.write().expect("processor lock poisoned");
         if processors
@@ -163,6 +179,7 @@ impl ProcessorRegistry {
             connected_at: now,
             address,
             session: self.sessions.fetch_add(1, Ordering::Relaxed),
+            owner,
             last_heartbeat: AtomicI64::new(now),
             in_flight: AtomicUsize::new(0),
             outbound,
@@ -190,14 +207,14 @@ impl ProcessorRegistry {
             .retain(|_, holder| !(holder.id == id && holder.session == session));
     }
 
-    /// Picks the processor for a task in `environment`: among the open
-    /// connections that serve it, the one holding the fewest tasks, taking
-    /// turns between equals.
-    pub fn choose(&self, environment: &str) -> Option<Arc<Processor>> {
+    /// Picks the processor for a task of `user_id` in `environment`: among
+    /// the open connections that serve it and may serve the user, the one
+    /// holding the fewest tasks, taking turns between equals.
+    pub fn choose(&self, environment: &str, user_id: Option<&str>) -> Option<Arc<Processor>> {
         let processors = self.processors.read().expect("processor lock poisoned");
         let candidates: Vec<&Arc<Processor>> = processors
             .values()
-            .filter(|processor| processor.is_open())
+            .filter(|processor| processor.is_open() && processor.may_serve(user_id))
             .filter(|processor| {
                 processor
                     .environments
@@ -217,14 +234,16 @@ impl ProcessorRegistry {
         Some((*tied[turn % tied.len()]).clone())
     }
 
-    /// Whether any open connection serves `environment`.
-    pub fn serves(&self, environment: &str) -> bool {
+    /// Returns whether any open connection serves `environment` to
+    /// `user_id`.
+    pub fn serves(&self, environment: &str, user_id: Option<&str>) -> bool {
         self.processors
             .read()
             .expect("processor lock poisoned")
             .values()
             .any(|processor| {
                 processor.is_open()
+                    && processor.may_serve(user_id)
                     && processor
                         .environments
                         .iter()
@@ -276,11 +295,13 @@ impl ProcessorRegistry {
         self.len() == 0
     }
 
-    /// Returns every connected processor, by id.
-    pub fn statuses(&self) -> Vec<ProcessorStatus> {
+    /// Returns the connected processors by id: those registered by
+    /// `owner`, or every one when `owner` is `None`.
+    pub fn statuses(&self, owner: Option<&str>) -> Vec<ProcessorStatus> {
         let processors = self.processors.read().expect("processor lock poisoned");
         let mut statuses: Vec<ProcessorStatus> = processors
             .values()
+            .filter(|processor| owner.is_none() || processor.owner.as_deref() == owner)
             .map(|processor| ProcessorStatus {
                 processor_id: processor.id.clone(),
                 environments: processor.environments.clone(),
@@ -288,6 +309,7 @@ impl ProcessorRegistry {
                 last_heartbeat: rfc3339(processor.last_heartbeat()),
                 in_flight: processor.in_flight(),
                 address: processor.address.clone(),
+                owner: processor.owner.clone(),
             })
             .collect();
         statuses.sort_by(|a, b| a.processor_id.cmp(&b.processor_id));
@@ -303,10 +325,10 @@ mod tests {
     fn duplicate_live_id_is_rejected() {
         let registry = ProcessorRegistry::new();
         let (_first, _receiver) = registry
-            .register("p1", vec!["echo".into()], "a".into())
+            .register("p1", vec!["echo".into()], "a".into(), None)
             .unwrap();
         let error = registry
-            .register("p1", vec!["echo".into()], "b".into())
+            .register("p1", vec!["echo".into()], "b".into(), None)
             .unwrap_err();
         assert_eq!(error, RegisterError::Duplicate("p1".into()));
     }
@@ -315,12 +337,12 @@ mod tests {
     fn closed_connection_id_can_register_again() {
         let registry = ProcessorRegistry::new();
         let (_first, receiver) = registry
-            .register("p1", vec!["echo".into()], "a".into())
+            .register("p1", vec!["echo".into()], "a".into(), None)
             .unwrap();
         drop(receiver);
         assert!(
             registry
-                .register("p1", vec!["echo".into()], "b".into())
+                .register("p1", vec!["echo".into()], "b".into(), None)
                 .is_ok()
         );
     }
@@ -329,14 +351,14 @@ mod tests {
     fn choose_prefers_least_loaded() {
         let registry = ProcessorRegistry::new();
         let (busy, _busy_receiver) = registry
-            .register("busy", vec!["echo".into()], "a".into())
+            .register("busy", vec!["echo".into()], "a".into(), None)
             .unwrap();
         let (_idle, _idle_receiver) = registry
-            .register("idle", vec!["echo".into()], "b".into())
+            .register("idle", vec!["echo".into()], "b".into(), None)
             .unwrap();
         registry.assign("task-1", &busy);
-        assert_eq!(registry.choose("echo").unwrap().id, "idle");
-        assert!(registry.choose("other").is_none());
+        assert_eq!(registry.choose("echo", None).unwrap().id, "idle");
+        assert!(registry.choose("other", None).is_none());
         registry.release("task-1");
         assert_eq!(busy.in_flight(), 0);
     }
@@ -345,13 +367,13 @@ mod tests {
     fn choose_takes_turns_between_equals() {
         let registry = ProcessorRegistry::new();
         let (_a, _ra) = registry
-            .register("a", vec!["echo".into()], "a".into())
+            .register("a", vec!["echo".into()], "a".into(), None)
             .unwrap();
         let (_b, _rb) = registry
-            .register("b", vec!["echo".into()], "b".into())
+            .register("b", vec!["echo".into()], "b".into(), None)
             .unwrap();
-        let first = registry.choose("echo").unwrap().id.clone();
-        let second = registry.choose("echo").unwrap().id.clone();
+        let first = registry.choose("echo", None).unwrap().id.clone();
+        let second = registry.choose("echo", None).unwrap().id.clone();
         assert_ne!(first, second);
     }
 
@@ -359,7 +381,7 @@ mod tests {
     fn remove_forgets_assignments_of_that_session() {
         let registry = ProcessorRegistry::new();
         let (processor, _receiver) = registry
-            .register("p1", vec!["echo".into()], "a".into())
+            .register("p1", vec!["echo".into()], "a".into(), None)
             .unwrap();
         registry.assign("task-1", &processor);
         registry.remove("p1", processor.session);

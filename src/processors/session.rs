@@ -79,7 +79,8 @@ pub async fn run(
     config: Arc<SessionConfig>,
     auth: Arc<Auth>,
 ) {
-    let Some((processor, outbound)) = register(&mut socket, address, &engine, &config, &auth).await
+    let Some((processor, outbound, grant)) =
+        register(&mut socket, address, &engine, &config, &auth).await
     else {
         return;
     };
@@ -98,7 +99,15 @@ pub async fn run(
     }
 
     let _open = engine.track_session(processor.session, &processor.id);
-    let end = serve(&mut socket, &processor, outbound, &engine, &config).await;
+    let end = serve(
+        &mut socket,
+        &processor,
+        outbound,
+        &engine,
+        &config,
+        (&auth, &grant),
+    )
+    .await;
     let reason = match end {
         End::Closed => "connection closed",
         End::Dropped(reason) => reason,
@@ -121,7 +130,7 @@ async fn register(
     engine: &Arc<Engine>,
     config: &SessionConfig,
     auth: &Auth,
-) -> Option<(Arc<Processor>, mpsc::Receiver<Outbound>)> {
+) -> Option<(Arc<Processor>, mpsc::Receiver<Outbound>, Grant)> {
     let deadline = tokio::time::Instant::now() + config.register_timeout;
     loop {
         let frame = match tokio::time::timeout_at(deadline, socket.recv()).await {
@@ -177,16 +186,21 @@ async fn register(
             reject(socket, "invalid_message", message, CLOSE_POLICY).await;
             return None;
         }
-        if let Err(message) = authorize(config, auth, token.as_deref()).await {
-            tracing::warn!(%processor_id, %address, "processor rejected: missing or wrong token");
-            reject(socket, "unauthorized", message, CLOSE_POLICY).await;
-            return None;
-        }
+        let grant = match authorize(config, auth, token.as_deref(), address.ip()).await {
+            Ok(grant) => grant,
+            Err(message) => {
+                tracing::warn!(%processor_id, %address, "processor rejected: missing or wrong token");
+                reject(socket, "unauthorized", message, CLOSE_POLICY).await;
+                return None;
+            }
+        };
 
-        let registered =
-            engine
-                .processors()
-                .register(&processor_id, environments.clone(), address.to_string());
+        let registered = engine.processors().register(
+            &processor_id,
+            environments.clone(),
+            address.to_string(),
+            grant.owner.clone(),
+        );
         let (processor, outbound) = match registered {
             Ok(registered) => registered,
             Err(err @ RegisterError::Duplicate(_)) => {
@@ -205,23 +219,70 @@ async fn register(
             engine.processors().remove(&processor.id, processor.session);
             return None;
         }
-        return Some((processor, outbound));
+        return Some((processor, outbound, grant));
+    }
+}
+
+/// What a processor registered with, checked again on every heartbeat.
+pub struct Grant {
+    /// The user whose threads it may be sent; `None` for all threads.
+    owner: Option<String>,
+    /// How to check that the registration still holds.
+    basis: Basis,
+}
+
+/// The credential a registration rests on.
+enum Basis {
+    /// The hub's shared `--processor-token`, valid while the hub runs.
+    SharedToken,
+    /// No token, in dev mode: it ends when the first user is added.
+    DevMode,
+    /// A user's processor token, by id: it ends when revoked or expired.
+    UserToken(String),
+}
+
+impl Grant {
+    /// Returns why the registration no longer holds, if it does not.
+    async fn lapsed(&self, auth: &Auth) -> Option<&'static str> {
+        match &self.basis {
+            Basis::SharedToken => None,
+            Basis::DevMode => (!auth.refresh_dev().await.unwrap_or(true)).then_some(
+                "the hub now has users, so a processor needs a token; register again with one",
+            ),
+            Basis::UserToken(token_id) => match auth.is_active(token_id).await {
+                Ok(true) | Err(_) => None,
+                Ok(false) => Some("the processor token was revoked or has expired"),
+            },
+        }
     }
 }
 
 /// Checks a `register` token. The hub's shared processor token is always
-/// accepted; a user's processor token (`taskhub token create --processor`)
-/// is accepted once users exist. In dev mode without a shared token,
-/// anyone on the loopback address may register.
-async fn authorize(config: &SessionConfig, auth: &Auth, token: Option<&str>) -> Result<(), String> {
+/// accepted and serves every thread. A user's processor token (`taskhub
+/// token create USER --processor`) is accepted once users exist, and is
+/// sent only tasks of threads that user started, unless the user is in
+/// the admin group. In dev mode without a shared token, anyone on the
+/// loopback address may register.
+async fn authorize(
+    config: &SessionConfig,
+    auth: &Auth,
+    token: Option<&str>,
+    client: std::net::IpAddr,
+) -> Result<Grant, String> {
     if let (Some(expected), Some(token)) = (&config.token, token)
         && same_secret(token, expected)
     {
-        return Ok(());
+        return Ok(Grant {
+            owner: None,
+            basis: Basis::SharedToken,
+        });
     }
-    if auth.is_dev() {
+    if auth.refresh_dev().await.unwrap_or(false) {
         return match config.token {
-            None => Ok(()),
+            None => Ok(Grant {
+                owner: None,
+                basis: Basis::DevMode,
+            }),
             Some(_) => {
                 Err("missing or wrong `token`; send the token the hub was started with".into())
             }
@@ -233,12 +294,19 @@ async fn authorize(config: &SessionConfig, auth: &Auth, token: Option<&str>) -> 
                 .into(),
         );
     };
-    match auth.authenticate_processor(token).await {
-        Ok(_) => Ok(()),
+    match auth.authenticate_processor(token, Some(client)).await {
+        Ok(principal) => Ok(Grant {
+            owner: (!principal.is_admin()).then(|| principal.user_id.clone()),
+            basis: Basis::UserToken(principal.credential.clone().unwrap_or_default()),
+        }),
         Err(AuthError::Storage(err)) => {
             tracing::error!(error = %err, "failed to check a processor token");
             Err("the hub failed to check the token; try again".into())
         }
+        Err(AuthError::TooManyAttempts(wait)) => Err(format!(
+            "too many wrong tokens from this address; try again in {} s",
+            wait.as_secs().max(1)
+        )),
         Err(_) => Err(
             "wrong `token`: it is not a processor token of this hub, or it was revoked or expired"
                 .into(),
@@ -253,6 +321,7 @@ async fn serve(
     mut outbound: mpsc::Receiver<Outbound>,
     engine: &Arc<Engine>,
     config: &SessionConfig,
+    (auth, grant): (&Auth, &Grant),
 ) -> End {
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -313,6 +382,11 @@ async fn serve(
                 }
             }
             _ = heartbeat.tick() => {
+                if let Some(reason) = grant.lapsed(auth).await {
+                    tracing::warn!(processor_id = %processor.id, reason, "processor dropped: registration no longer valid");
+                    reject(socket, "unauthorized", reason.into(), CLOSE_POLICY).await;
+                    return End::Dropped("registration no longer valid");
+                }
                 if last_heard.elapsed() > silence_limit {
                     let reason = format!("no message or pong for {} ms", silence_limit.as_millis());
                     let _ = close(socket, CLOSE_GOING_AWAY, &reason).await;

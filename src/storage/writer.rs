@@ -104,6 +104,13 @@ pub enum Write {
     },
     /// Inserts a token.
     InsertToken(super::TokenRecord),
+    /// Replaces a user's profile fields (a JSON object).
+    SetProfile {
+        /// The user.
+        user_id: String,
+        /// The profile as JSON text.
+        profile: String,
+    },
     /// Revokes a token.
     RevokeToken {
         /// The token's public id.
@@ -633,6 +640,14 @@ async fn apply(connection: &mut SqliteConnection, write: &Write) -> Result<(), W
             .execute(&mut *connection)
             .await
             .map_err(database_error)?;
+        }
+        Write::SetProfile { user_id, profile } => {
+            sqlx::query("UPDATE users SET profile = ? WHERE user_id = ?")
+                .bind(profile)
+                .bind(user_id)
+                .execute(&mut *connection)
+                .await
+                .map_err(database_error)?;
         }
         Write::RevokeToken { token_id, at } => {
             sqlx::query(

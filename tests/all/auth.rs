@@ -44,7 +44,7 @@ fn team_hub(extra: &[&str]) -> (HubFiles, Hub, [User; 3]) {
     let users = [
         add_user(&files, "ada", &["writers"]),
         add_user(&files, "bob", &["editors"]),
-        add_user(&files, "cara", &["writers"]),
+        add_user(&files, "cara", &["writers", "outsiders"]),
     ];
     let hub = Hub::start(&files, extra);
     (files, hub, users)
@@ -125,9 +125,14 @@ async fn users_see_only_their_menu_and_threads() {
         "{bob_menu:?}"
     );
 
-    // Starting what your groups do not allow looks like a missing task.
+    // Starting what your groups do not allow looks like a missing task,
+    // and so does its drawing.
     let (status, error) = start(&hub, &bob, "examples.teams.board.start", json!(null)).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+    let (status, _) = get(&hub, &bob, "/api/taskflows/examples.teams.board").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, graph) = get(&hub, &ada, "/api/taskflows/examples.teams.board").await;
+    assert_eq!(status, StatusCode::OK, "{graph}");
 
     let (status, started) = start(
         &hub,
@@ -189,6 +194,18 @@ async fn user_mode_rejoins_and_fills_profile_fields() {
 #[tokio::test]
 async fn group_members_share_one_thread_live() {
     let (_files, hub, [ada, bob, cara]) = team_hub(&[]);
+
+    // A group the task does not allow cannot be chosen, even one of yours.
+    let body = json!({"command": "start", "task": {
+        "id": "examples.teams.board.start", "input": null, "groupId": "outsiders"
+    }});
+    let (status, error) = post(&hub, &cara, "/api/tasks", body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("only for the groups writers, not `outsiders`"),
+        "{message}"
+    );
 
     let (status, opened) = start(&hub, &ada, "examples.teams.board.start", json!(null)).await;
     assert_eq!(status, StatusCode::CREATED, "{opened}");
@@ -305,9 +322,27 @@ async fn wrong_expired_and_revoked_tokens_are_refused() {
     .await;
     let listed = cli_ok(&files, &["token", "list", "ada"], "");
     assert!(
-        listed.contains(&format!("{id}\tada\tapi\trevoked\ttests")),
+        listed.contains(&format!("{id}\tada\tapi\trevoked\t")) && listed.contains("\tnever\ttests"),
         "{listed}"
     );
+
+    // Guessing is slowed down: after ten made-up tokens a minute, the
+    // address is rejected before any lookup or hashing. (Ada's token is
+    // revoked by now, which does not count as a guess.)
+    let mut refused = None;
+    for _ in 0..12 {
+        let (status, headers, error) = hub
+            .call(Method::GET, "/api/threads", Some("thk_00_11"), None)
+            .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some((headers, error));
+            break;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{error}");
+    }
+    let (headers, error) = refused.expect("twelve wrong secrets were never refused");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(error["error"]["code"], "too_many_failures");
 
     assert!(
         !hub.logs_contain(&ada.token[ada.token.len() - 20..]),
@@ -415,7 +450,7 @@ async fn login_and_logout_with_cookie() {
     let refused = refused.expect("twelve wrong passwords were never refused");
     assert!(refused.headers().contains_key("retry-after"));
     let error: Value = refused.json().await.unwrap();
-    assert_eq!(error["error"]["code"], "login_rate_limited");
+    assert_eq!(error["error"]["code"], "too_many_failures");
 
     hub.wait_for_log(&["login failed", "user_id=\"nobody\""])
         .await;
@@ -505,15 +540,97 @@ async fn processors_need_a_processor_token_once_users_exist() {
 }
 
 #[tokio::test]
+async fn user_processor_serves_only_its_owner() {
+    let files = HubFiles::with_plugins(&["remote"]);
+    let ada = add_user(&files, "ada", &[]);
+    let bob = add_user(&files, "bob", &[]);
+    let token = cli_ok(&files, &["token", "create", "ada", "--processor"], "");
+    let token = token.trim();
+    let hub = Hub::start(&files, &["--heartbeat-ms", "200"]);
+
+    let mut processor = TestProcessor::connect(&hub).await;
+    processor
+        .send(json!({"command": "register", "processorId": "adas", "environments": ["echo"], "token": token}))
+        .await;
+    let reply = processor.recv().await;
+    assert_eq!(reply["command"], "registered", "{reply}");
+
+    // Bob's task waits for a processor that may serve him; Ada's goes to
+    // hers, and is the first thing it is sent.
+    let (status, bobs) = start(
+        &hub,
+        &bob,
+        "examples.remote.start",
+        json!({"text": "bob's secret"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{bobs}");
+    let (status, adas) = start(
+        &hub,
+        &ada,
+        "examples.remote.start",
+        json!({"text": "ada's words"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{adas}");
+    let task = processor.dispatched().await;
+    assert_eq!(task["userId"], "ada", "{task}");
+    assert_eq!(task["threadId"], adas["threadId"]);
+
+    let (_, listed) = get(&hub, &ada, "/api/processors").await;
+    assert_eq!(listed[0]["processorId"], "adas", "{listed}");
+    assert_eq!(listed[0]["owner"], "ada");
+    let (_, listed) = get(&hub, &bob, "/api/processors").await;
+    assert_eq!(listed, json!([]));
+
+    // Revoking the token drops the connection at its next heartbeat.
+    cli_ok(&files, &["token", "revoke", token], "");
+    let (error, close) = dropped(&mut processor).await;
+    assert_eq!(error["code"], "unauthorized", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("revoked"), "{message}");
+    assert_eq!(close, Some(1008));
+    hub.wait_for_log(&["processor dropped", "registration no longer valid"])
+        .await;
+}
+
+/// Reads until the hub closes the connection; returns the last error
+/// message before the close and the close code.
+async fn dropped(processor: &mut TestProcessor) -> (Value, Option<u16>) {
+    let mut error = Value::Null;
+    loop {
+        match processor.next_text().await {
+            Ok(message) if message["command"] == "error" => error = message,
+            Ok(message) => assert_ne!(message["command"], "dispatch", "{message}"),
+            Err(close) => return (error, close.map(|(code, _)| code)),
+        }
+    }
+}
+
+#[tokio::test]
 async fn first_user_ends_dev_mode_while_running() {
     let files = HubFiles::with_plugins(&["story", "llm-mock"]);
-    let hub = Hub::start(&files, &[]);
+    let hub = Hub::start(&files, &["--heartbeat-ms", "200"]);
     let (status, _, me) = hub.call(Method::GET, "/api/session", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(me["via"], "dev");
     assert_eq!(me["userId"], "local");
+    // Opened in dev mode, without credentials: both end with it.
+    let mut live = reqwest::Client::new()
+        .get(format!("{}/api/events", hub.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    let mut processor = TestProcessor::register(&hub, "anonymous", &["echo"]).await;
 
     let ada = add_user(&files, "ada", &[]);
+    let (error, close) = dropped(&mut processor).await;
+    assert_eq!(error["code"], "unauthorized", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("needs a token"), "{message}");
+    assert_eq!(close, Some(1008));
+
     wait_until("dev mode to end", || async {
         let (status, _, _) = hub.call(Method::GET, "/api/threads", None, None).await;
         (status == StatusCode::UNAUTHORIZED).then_some(())
@@ -524,6 +641,30 @@ async fn first_user_ends_dev_mode_while_running() {
         .call(Method::GET, "/api/threads", Some(&ada.token), None)
         .await;
     assert_eq!(status, StatusCode::OK);
+
+    let (status, started) = start(
+        &hub,
+        &ada,
+        "examples.story.start",
+        json!({"topic": "a fox"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let mut seen = String::new();
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), live.chunk())
+            .await
+            .expect("the dev-mode stream neither ended nor sent anything within 30 s")
+            .unwrap();
+        match chunk {
+            Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            None => break,
+        }
+    }
+    assert!(
+        !seen.contains("a fox"),
+        "the dev-mode stream saw ada's input: {seen}"
+    );
 }
 
 #[tokio::test]
@@ -573,8 +714,14 @@ fn cli_explains_bad_input() {
         (&["token", "create", "nobody"], "no user nobody"),
         (
             &["token", "create", "ada", "--expires-in-days", "-1"],
-            "positive number of days",
+            "between one second",
         ),
+        (
+            &["token", "create", "ada", "--expires-in-days", "1e300"],
+            "between one second",
+        ),
+        (&["user", "add", "local"], "reserved for dev mode"),
+        (&["user", "profile", "nobody", "{}"], "no user nobody"),
         (&["token", "revoke", "feedface"], "no token feedface"),
     ];
     for (args, expected) in cases {
@@ -583,7 +730,32 @@ fn cli_explains_bad_input() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
     cli_ok(&files, &["group", "add", "writers"], "");
+    let again = cli_ok(&files, &["group", "add", "writers"], "");
+    assert!(again.contains("exists already"), "{again}");
     cli_ok(&files, &["group", "add-member", "writers", "ada"], "");
     let users = cli_ok(&files, &["user", "list"], "");
     assert_eq!(users, "ada\twriters\n");
+
+    let replaced = cli_ok(
+        &files,
+        &["user", "profile", "ada", r#"{"name": "Ada"}"#],
+        "",
+    );
+    assert!(replaced.contains("profile of ada replaced"), "{replaced}");
+
+    // `thk_<id>` as the README shows it revokes too.
+    let token = cli_ok(&files, &["token", "create", "ada"], "");
+    let id = token.trim().split('_').nth(1).unwrap();
+    cli_ok(&files, &["token", "revoke", &format!("thk_{id}")], "");
+    let listed = cli_ok(&files, &["token", "list"], "");
+    assert!(
+        listed.contains(&format!("{id}\tada\tapi\trevoked\t")),
+        "{listed}"
+    );
+
+    let elsewhere = HubFiles::new();
+    let (ok, _, stderr) = cli(&elsewhere, &["token", "list"], "");
+    assert!(!ok);
+    assert!(stderr.contains("no database at"), "{stderr}");
+    assert!(!elsewhere.db().exists());
 }
