@@ -383,8 +383,9 @@ impl Auth {
             return Err(AuthError::TooManyAttempts(wait));
         }
         if !admin::is_valid_name(user_id) {
-            // Not a name the hub could have, so not worth a hash; and not
-            // logged, since it may be a password typed in the wrong field.
+            // No user can have this name, so it is not worth a hash. It is
+            // not logged either, because it may be a password typed into
+            // the name field.
             self.failures.fail(&address);
             tracing::warn!(%client, "login failed: invalid user name");
             return Err(AuthError::WrongPassword);

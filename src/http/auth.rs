@@ -85,8 +85,9 @@ fn retry_later(wait: std::time::Duration, code: &'static str, what: &str) -> Api
     )
 }
 
-/// Whether `caller` may read and update `thread`: their own threads, and
-/// the collaboration threads of their groups. Dev mode sees everything.
+/// Returns whether `caller` may read and update `thread`: their own
+/// threads, and the shared (`group` mode) threads of their groups. Dev
+/// mode may access every thread.
 pub fn can_access(caller: &Principal, thread: &ThreadRecord) -> bool {
     caller.is_dev()
         || thread.user_id.as_deref() == Some(caller.user_id.as_str())
@@ -97,8 +98,8 @@ pub fn can_access(caller: &Principal, thread: &ThreadRecord) -> bool {
                 .is_some_and(|group| caller.in_group(group)))
 }
 
-/// Logs a refused access and returns the 404 it is answered with, so ids
-/// of other people's threads do not leak.
+/// Logs a rejected access and returns a 404 error for it, so ids of other
+/// people's threads do not leak.
 pub fn hidden(caller: &Principal, what: &str, id: &str) -> ApiError {
     tracing::warn!(user_id = %caller.user_id, resource = what, id, "access rejected");
     ApiError::not_found(format!("no {what} {id}"))

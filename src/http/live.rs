@@ -96,8 +96,8 @@ pub async fn events(
                     }
                     Err(RecvError::Closed) => return None,
                 };
-                // A stream opened in dev mode ends with it: its caller
-                // was nobody in particular.
+                // A stream opened in dev mode ends with it, because it
+                // has no credential to check once users exist.
                 if visible.caller.is_dev() && !visible.auth.refresh_dev().await.unwrap_or(false) {
                     return None;
                 }
@@ -114,7 +114,8 @@ pub async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// Which threads' events a caller may see, with what was already looked up.
+/// The filter of threads whose events a caller may receive, with the
+/// answers already looked up.
 struct Visibility {
     caller: Principal,
     storage: Storage,

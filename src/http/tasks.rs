@@ -334,7 +334,13 @@ pub async fn list_threads(
                 .thread(thread_id)
                 .await
                 .map_err(|err| ApiError::internal(&err))?
-                .filter(|thread| can_access(&caller, thread))
+                .filter(|thread| {
+                    let allowed = can_access(&caller, thread);
+                    if !allowed {
+                        hidden(&caller, "thread", thread_id);
+                    }
+                    allowed
+                })
                 .ok_or_else(|| {
                     ApiError::not_found(format!("no thread {thread_id} to page before"))
                 })?,

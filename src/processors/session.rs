@@ -223,7 +223,8 @@ async fn register(
     }
 }
 
-/// What a processor registered with, checked again on every heartbeat.
+/// The credential a processor registered with, checked again on every
+/// heartbeat.
 pub struct Grant {
     /// The user whose threads it may be sent; `None` for all threads.
     owner: Option<String>,
