@@ -229,6 +229,10 @@ struct ServeArgs {
     /// Starts and updates one user or token may make at once.
     #[arg(long, env = "TASKHUB_RATE_LIMIT_BURST", default_value_t = 100)]
     rate_limit_burst: u32,
+    /// Failed logins or made-up tokens one address (and failed logins for
+    /// one user name) may make per minute before getting 429s.
+    #[arg(long, env = "TASKHUB_AUTH_FAILURES_PER_MIN", default_value_t = 10)]
+    auth_failures_per_min: u32,
 }
 
 impl ServeArgs {
@@ -302,6 +306,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         rate_limits: RateLimits {
             per_second: args.rate_limit_per_sec,
             burst: args.rate_limit_burst,
+            failures_per_minute: args.auth_failures_per_min,
         },
         sweeps: Sweeps {
             pending_timeout: (args.pending_timeout_secs > 0.0)

@@ -43,9 +43,7 @@ pub const DEV_CHECK: Duration = Duration::from_secs(1);
 /// How long a browser session lasts.
 pub const SESSION_LENGTH: Duration = Duration::from_secs(12 * 3600);
 
-/// Failed logins or made-up tokens one client address, or failed logins
-/// for one user name, allowed per minute before further attempts are
-/// rejected with 429.
+/// The default of [`RateLimits::failures_per_minute`].
 pub const FAILURES_PER_MINUTE: u32 = 10;
 
 /// The user id of dev mode.
@@ -150,6 +148,10 @@ pub struct RateLimits {
     pub per_second: u32,
     /// Requests at once.
     pub burst: u32,
+    /// Failed logins or made-up tokens one client address, or failed
+    /// logins for one user name, allowed per minute; past it, attempts are
+    /// rejected with 429 before any hashing.
+    pub failures_per_minute: u32,
 }
 
 impl Default for RateLimits {
@@ -157,6 +159,7 @@ impl Default for RateLimits {
         Self {
             per_second: 20,
             burst: 100,
+            failures_per_minute: FAILURES_PER_MINUTE,
         }
     }
 }
@@ -193,7 +196,7 @@ impl Auth {
             dev_checked: Mutex::new(Instant::now()),
             verified: Mutex::new(HashMap::new()),
             limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
-            failures: Throttle::new(FAILURES_PER_MINUTE),
+            failures: Throttle::new(limits.failures_per_minute),
             hashing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             ),
