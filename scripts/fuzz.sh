@@ -20,7 +20,11 @@ for target in merge template command; do
     echo "$target: $(grep -E '^Done' "$scratch.log" || echo 'no summary')"
     if [ "$status" != 0 ]; then
         tail -40 "$scratch.log" >&2
-        echo "fuzz target $target failed; the input is under fuzz/artifacts/$target" >&2
+        if [ -d "artifacts/$target" ] && [ -n "$(ls -A "artifacts/$target")" ]; then
+            echo "fuzz target $target failed; the input is under fuzz/artifacts/$target" >&2
+        else
+            echo "fuzz target $target failed to build or run; see the log above" >&2
+        fi
         rm -rf "$scratch" "$scratch.log"
         exit "$status"
     fi

@@ -22,9 +22,11 @@ fuzz_target!(|data: &[u8]| {
         ("examples.story.summarize".to_owned(), json!({"text": "A tale.", "n": [1, 2]})),
         ("examples.story".to_owned(), json!("short")),
     ]);
+    let user = json!({"id": "ada", "name": "Ada", "groups": ["writers"]});
     let context = TemplateContext {
         input: &input,
         outputs: &outputs,
+        user: &user,
     };
     let filled = fill(&config, &context);
     if !has_templates(&config) {
