@@ -1,7 +1,8 @@
 //! In-process costs, measured with criterion: one call of a trivial
 //! environment adapter through the hub's plugin host (fresh store,
 //! instantiate from the pre-instantiated component, run), beside the same
-//! work done by native Rust; merging an update; filling templates.
+//! work done by native Rust; merging an update; filling templates; checking
+//! a token's secret against its stored argon2id hash.
 //!
 //! `cargo bench --bench plugin_call`; `-- --quick` for a short run.
 
@@ -108,5 +109,18 @@ fn merge_and_templates(criterion: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, plugin_call, merge_and_templates);
+/// The cost of checking a token that is not in the verification cache:
+/// one argon2id verification with the crate's default parameters.
+fn token_check(criterion: &mut Criterion) {
+    let (_, secret, _) = taskhub::auth::secret::new_token();
+    let stored = taskhub::auth::secret::hash(&secret);
+    let mut group = criterion.benchmark_group("token check");
+    group.sample_size(20);
+    group.bench_function("argon2id verify", |bencher| {
+        bencher.iter(|| assert!(taskhub::auth::secret::verify(black_box(&secret), &stored)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, plugin_call, merge_and_templates, token_check);
 criterion_main!(benches);
