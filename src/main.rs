@@ -229,8 +229,8 @@ struct ServeArgs {
     /// Starts and updates one user or token may make at once.
     #[arg(long, env = "TASKHUB_RATE_LIMIT_BURST", default_value_t = 100)]
     rate_limit_burst: u32,
-    /// Failed logins or made-up tokens one address (and failed logins for
-    /// one user name) may make per minute before getting 429s.
+    /// Failed logins from one address or for one user name, and wrong
+    /// secrets for one token id, allowed per minute before 429s.
     #[arg(long, env = "TASKHUB_AUTH_FAILURES_PER_MIN", default_value_t = 10)]
     auth_failures_per_min: u32,
 }
@@ -510,7 +510,10 @@ async fn users(command: UserCommand, db: &std::path::Path) -> anyhow::Result<()>
                 .map(|()| {
                     println!("user {name} added");
                     if password.is_none() {
-                        println!("create a token with `taskhub token create {name}`");
+                        println!(
+                            "create a token with `taskhub token create {name} --db {}`",
+                            db.display()
+                        );
                     }
                 })
         }

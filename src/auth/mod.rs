@@ -131,8 +131,8 @@ pub struct Auth {
     dev_checked: Mutex<Instant>,
     verified: Mutex<HashMap<[u8; 32], Verified>>,
     limiter: DefaultKeyedRateLimiter<String>,
-    /// Failed logins and made-up credentials, per client address and per
-    /// user name.
+    /// Failed logins per client address and per user name, and wrong
+    /// secrets per token id.
     failures: Throttle,
     /// Permits for argon2 runs, one per core. Each run takes 19 MiB (the
     /// crate's default cost) and a core for about 13 ms (measured by
@@ -148,9 +148,9 @@ pub struct RateLimits {
     pub per_second: u32,
     /// Requests at once.
     pub burst: u32,
-    /// Failed logins or made-up tokens one client address, or failed
-    /// logins for one user name, allowed per minute; past it, attempts are
-    /// rejected with 429 before any hashing.
+    /// Failed logins from one client address or for one user name, and
+    /// wrong secrets for one token id, allowed per minute; past it,
+    /// attempts are rejected with 429 before any hashing.
     pub failures_per_minute: u32,
 }
 
@@ -295,6 +295,8 @@ impl Auth {
             .expect("auth cache poisoned")
             .get(&key)
             .cloned();
+        // This exact credential passed before, so it is its holder's.
+        let known_good = cached.is_some();
         if let Some(verified) = cached
             && verified.checked.elapsed() < CACHE_TTL
             && verified.expires_at.is_none_or(|at| at > now)
@@ -303,29 +305,25 @@ impl Auth {
             return Ok(verified.principal);
         }
 
-        // A client that keeps sending made-up or guessed credentials is
-        // blocked before they cost a hash. Expired and revoked tokens are
-        // not counted: a browser with an old cookie is no attacker.
-        let address = client.map(|client| format!("address:{client}"));
-        if let Some(wait) = address
-            .as_deref()
-            .and_then(|key| self.failures.blocked(key))
+        // Malformed credentials and unknown ids cost a lookup, not a hash.
+        let (token_id, secret_part) = secret::split(credential).ok_or(AuthError::Invalid)?;
+        let record = self
+            .storage
+            .token(token_id)
+            .await?
+            .ok_or(AuthError::Invalid)?;
+        if !kinds.contains(&record.kind.as_str())
+            || record.revoked_at.is_some()
+            || record.expires_at.is_some_and(|at| at <= now)
         {
-            return Err(AuthError::TooManyAttempts(wait));
-        }
-        let guessed = || {
-            if let Some(key) = &address {
-                self.failures.fail(key);
-            }
-            AuthError::Invalid
-        };
-        let (token_id, secret_part) = secret::split(credential).ok_or_else(guessed)?;
-        let record = self.storage.token(token_id).await?.ok_or_else(guessed)?;
-        if !kinds.contains(&record.kind.as_str()) {
-            return Err(guessed());
-        }
-        if record.revoked_at.is_some() || record.expires_at.is_some_and(|at| at <= now) {
             return Err(AuthError::Invalid);
+        }
+        // Guessing the secret of a known id costs a hash each time, so
+        // after a few wrong secrets that id takes only credentials that
+        // passed before, until its budget refills.
+        let throttle_key = format!("token:{token_id}");
+        if !known_good && let Some(wait) = self.failures.blocked(&throttle_key) {
+            return Err(AuthError::TooManyAttempts(wait));
         }
         let hash = record.secret_hash.clone();
         let secret_part = secret_part.to_owned();
@@ -333,7 +331,9 @@ impl Auth {
             .hash_work(move || secret::verify(&secret_part, &hash))
             .await;
         if !matches {
-            return Err(guessed());
+            tracing::warn!(token_id, client = ?client, "wrong secret for a token");
+            self.failures.fail(&throttle_key);
+            return Err(AuthError::Invalid);
         }
         let principal = self
             .principal(
@@ -575,6 +575,11 @@ impl Throttle {
     fn fail(&self, key: &str) {
         if let Err(not_until) = self.failures.check_key(&key.to_owned()) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
+            tracing::warn!(
+                key,
+                blocked_ms = wait.as_millis() as u64,
+                "too many failed attempts; rejecting more for a while"
+            );
             let mut blocked = self.blocked.lock().expect("throttle poisoned");
             if blocked.len() >= 10_000 {
                 let now = Instant::now();

@@ -16,7 +16,7 @@ use utoipa::IntoParams;
 use std::collections::HashMap;
 
 use super::AppState;
-use super::auth::{Caller, can_access};
+use super::auth::{Caller, can_access, hidden};
 use super::error::ApiError;
 use super::schema::ErrorBody;
 use crate::auth::Principal;
@@ -50,6 +50,7 @@ pub struct EventFilter {
         (status = 401, description = "No valid token or session", body = ErrorBody),
         (status = 200, description = "A stream of server-sent events", body = String, content_type = "text/event-stream"),
         (status = 400, description = "Invalid filter", body = ErrorBody),
+        (status = 404, description = "`threadId` names no thread you may see", body = ErrorBody),
     )
 )]
 pub async fn events(
@@ -67,6 +68,19 @@ pub async fn events(
             ),
         )
     })?;
+    if let Some(thread_id) = &filter.thread_id
+        && !caller.is_dev()
+    {
+        let thread = state
+            .engine
+            .storage()
+            .thread(thread_id)
+            .await
+            .map_err(|err| ApiError::internal(&err))?;
+        if !thread.is_some_and(|thread| can_access(&caller, &thread)) {
+            return Err(hidden(&caller, "thread", thread_id));
+        }
+    }
     let receiver = state.engine.events().subscribe();
     let shutdown = state.engine.shutdown_signal();
     let visible = Visibility {

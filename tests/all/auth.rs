@@ -154,6 +154,11 @@ async fn users_see_only_their_menu_and_threads() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
     let (status, _) = get(&hub, &bob, &thread_path).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let events = format!("/api/events?threadId={thread_id}");
+    let (status, _) = tokio::time::timeout(Duration::from_secs(30), get(&hub, &bob, &events))
+        .await
+        .expect("the event stream of another user's thread was opened");
+    assert_eq!(status, StatusCode::NOT_FOUND);
     let update = json!({"command": "update", "task": {"version": 1, "state": {"done": true}}});
     let (status, _) = post(&hub, &bob, &task_path, update).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -214,7 +219,7 @@ async fn group_members_share_one_thread_live() {
     let notes = waiting_step(&hub, &ada, &thread_id).await;
     assert_eq!(
         notes["request"]["prompt"],
-        "Notes for the team (board opened by ada). Send partial updates to add notes; finish when done."
+        "Notes for the team (board opened by ada). Each update replaces the notes, so send the whole list; finish when done."
     );
 
     // Cara joins the same board, and watches it live.
@@ -270,6 +275,12 @@ async fn wrong_expired_and_revoked_tokens_are_refused() {
         "",
     );
     let short = short.trim().to_owned();
+    let guessed = cli_ok(&files, &["token", "create", "ada"], "")
+        .trim()
+        .to_owned();
+    let other = cli_ok(&files, &["token", "create", "ada"], "")
+        .trim()
+        .to_owned();
     let hub = Hub::start(&files, &[]);
 
     let (status, headers, error) = hub.call(Method::GET, "/api/threads", None, None).await;
@@ -326,13 +337,19 @@ async fn wrong_expired_and_revoked_tokens_are_refused() {
         "{listed}"
     );
 
-    // Guessing is slowed down: after ten made-up tokens a minute, the
-    // address is rejected before any lookup or hashing. (Ada's token is
-    // revoked by now, which does not count as a guess.)
+    // Guessing a token's secret is slowed down: after ten wrong secrets a
+    // minute, that id is rejected before any hashing, except for the real
+    // token, which passed before. Other tokens are not affected.
+    let (status, _, _) = hub
+        .call(Method::GET, "/api/threads", Some(&guessed), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let guessed_id = guessed.split('_').nth(1).unwrap();
+    let wrong = format!("thk_{guessed_id}_{}", "1".repeat(64));
     let mut refused = None;
     for _ in 0..12 {
         let (status, headers, error) = hub
-            .call(Method::GET, "/api/threads", Some("thk_00_11"), None)
+            .call(Method::GET, "/api/threads", Some(&wrong), None)
             .await;
         if status == StatusCode::TOO_MANY_REQUESTS {
             refused = Some((headers, error));
@@ -343,6 +360,14 @@ async fn wrong_expired_and_revoked_tokens_are_refused() {
     let (headers, error) = refused.expect("twelve wrong secrets were never refused");
     assert!(headers.contains_key("retry-after"));
     assert_eq!(error["error"]["code"], "too_many_failures");
+    for token in [&guessed, &other] {
+        let (status, _, _) = hub
+            .call(Method::GET, "/api/threads", Some(token), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    hub.wait_for_log(&["wrong secret for a token", guessed_id])
+        .await;
 
     assert!(
         !hub.logs_contain(&ada.token[ada.token.len() - 20..]),

@@ -41,7 +41,7 @@ impl Guest for Teams {
             person(
                 "examples.teams.board.notes",
                 "Notes",
-                "Notes for the team (board opened by {{user.id}}). Send partial updates to add notes; finish when done.",
+                "Notes for the team (board opened by {{user.id}}). Each update replaces the notes, so send the whole list; finish when done.",
             ),
             node(
                 "examples.teams.review",
