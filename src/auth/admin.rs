@@ -10,6 +10,9 @@ use super::secret;
 use crate::engine::task::now_millis;
 use crate::storage::{Storage, TokenRecord, Transaction, UserRecord, Write};
 
+/// Minimum length of a password, in characters.
+pub const MIN_PASSWORD: usize = 8;
+
 /// Maximum length of a user or group name, in bytes.
 pub const MAX_NAME: usize = 64;
 
@@ -63,6 +66,14 @@ pub async fn add_user(
     if password.is_some_and(str::is_empty) {
         bail!(
             "the password is empty; give one, or leave it out for a user who signs in with tokens only"
+        );
+    }
+    if let Some(password) = password
+        && password.chars().count() < MIN_PASSWORD
+    {
+        bail!(
+            "the password has {} characters; use at least {MIN_PASSWORD}",
+            password.chars().count()
         );
     }
     let password_hash = match password {

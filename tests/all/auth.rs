@@ -754,6 +754,17 @@ fn cli_explains_bad_input() {
         assert!(!ok, "{args:?} succeeded");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
+    let (ok, _, stderr) = cli(
+        &files,
+        &["user", "add", "eve", "--password-stdin"],
+        "short\n",
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("the password has 5 characters; use at least 8"),
+        "{stderr}"
+    );
+
     cli_ok(&files, &["group", "add", "writers"], "");
     let again = cli_ok(&files, &["group", "add", "writers"], "");
     assert!(again.contains("exists already"), "{again}");
