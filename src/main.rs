@@ -383,6 +383,15 @@ async fn check(file: &std::path::Path) -> anyhow::Result<()> {
             if let Some(next) = &definition.next_task {
                 notes.push(format!("next {next}"));
             }
+            // Who may start it and how threads are shared; `groups` set
+            // on a node is inherited by the tasks below it.
+            let config = definition.config.as_ref();
+            if let Some(groups) = config.and_then(|config| config.get("groups")) {
+                notes.push(format!("groups {groups}"));
+            }
+            if let Some(mode) = config.and_then(|config| config.get("threadMode")) {
+                notes.push(format!("threadMode {mode}"));
+            }
             println!(
                 "  {} ({}) {}",
                 definition.id,

@@ -35,6 +35,20 @@ fn check_prints_exports_of_valid_plugin() {
 }
 
 #[test]
+fn check_shows_groups_and_thread_modes() {
+    let (ok, stdout, stderr) = check(&std::path::Path::new(COMPONENTS).join("teams.wasm"));
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(r#"examples.teams.board (Team board) groups ["writers"]"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"examples.teams.board.start (Open the writers' board) start; environments []; next examples.teams.board.notes; threadMode "group""#),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn check_rejects_invalid_file() {
     let folder = tempfile::tempdir().unwrap();
     let file = folder.path().join("broken.wasm");
