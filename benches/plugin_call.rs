@@ -109,7 +109,7 @@ fn merge_and_templates(criterion: &mut Criterion) {
     });
 }
 
-/// The cost of checking a token that is not in the verification cache:
+/// Measures checking a token that is not in the verification cache:
 /// one argon2id verification with the crate's default parameters.
 fn token_check(criterion: &mut Criterion) {
     let (_, secret, _) = taskhub::auth::secret::new_token();

@@ -22,7 +22,7 @@ fi
 
 work=$(mktemp -d)
 # A user in the admin group, so every route is reached through a real
-# token, and schemathesis checks that leaving the token out answers 401.
+# token, and schemathesis checks that leaving the token out returns 401.
 "$binary" user add api-check --db "$work/hub.db" >/dev/null
 "$binary" group add admin --db "$work/hub.db" >/dev/null
 "$binary" group add-member admin api-check --db "$work/hub.db" >/dev/null

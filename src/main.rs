@@ -223,7 +223,7 @@ struct ServeArgs {
     #[arg(long, env = "TASKHUB_PARENT_ENVIRONMENTS", value_delimiter = ',')]
     parent_environments: Vec<String>,
     /// Starts and updates one user or token may make per second, on
-    /// average, once users exist; past it the hub answers 429.
+    /// average, once users exist. Past it the hub returns 429.
     #[arg(long, env = "TASKHUB_RATE_LIMIT_PER_SEC", default_value_t = 20)]
     rate_limit_per_sec: u32,
     /// Starts and updates one user or token may make at once.

@@ -1,11 +1,11 @@
-//! Who is calling: users, groups, tokens and browser sessions.
+//! Authentication: users, groups, tokens and browser sessions.
 //!
 //! With no user in the database and a loopback address, the hub runs in
 //! dev mode: every request acts as one implicit local user who may do
-//! everything. Once a user exists, every API request must carry a bearer
-//! token (`Authorization: Bearer thk_...`) or a session cookie from `POST
-//! /api/session`; on any other address the hub refuses to start without
-//! users.
+//! everything. On any other address the hub refuses to start without
+//! users. Once a user exists, every API request must carry a bearer token
+//! (`Authorization: Bearer thk_...`) or a session cookie from `POST
+//! /api/session`.
 //!
 //! Tokens and sessions are `thk_<id>_<secret>`. Only an argon2 hash of the
 //! secret is stored; a verified token is remembered for [`CACHE_TTL`] so
@@ -149,7 +149,7 @@ pub struct RateLimits {
     /// Requests at once.
     pub burst: u32,
     /// Failed logins from one client address or for one user name, and
-    /// wrong secrets for one token id, allowed per minute; past it,
+    /// wrong secrets for one token id, allowed per minute. Past it, further
     /// attempts are rejected with 429 before any hashing.
     pub failures_per_minute: u32,
 }

@@ -109,7 +109,7 @@ pub struct StartRequest {
     pub profile: Value,
 }
 
-/// What a start request did.
+/// The outcome of a start request.
 #[derive(Debug, Clone)]
 pub struct Started {
     /// The new thread's first task, or the rejoined thread's latest task.
@@ -233,8 +233,8 @@ impl Engine {
             && let Some(allowed) = &allowed
             && !allowed.iter().any(|group| request.groups.contains(group))
         {
-            // Answered like an unknown id, so ids do not leak.
-            tracing::warn!(user_id = %request.user_id, task_id = %request.id, "start refused: not in an allowed group");
+            // Rejected like an unknown id, so ids do not leak.
+            tracing::warn!(user_id = %request.user_id, task_id = %request.id, "start rejected: not in an allowed group");
             return Err(EngineError::UnknownTask(request.id));
         }
         let depth = merge::nesting_depth(&request.input);

@@ -177,7 +177,8 @@ pub struct ThreadContext {
     pub user_id: Option<String>,
     /// The group it runs for.
     pub group_id: Option<String>,
-    /// How it was started: `new`, `user`, `group` or `session`.
+    /// The thread mode it was started in: `new`, `user`, `group` or
+    /// `session`.
     pub mode: String,
     /// The user, group or session whose one thread it is.
     pub mode_key: Option<String>,

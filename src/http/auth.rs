@@ -227,7 +227,7 @@ pub async fn logout(
 /// over HTTPS through a proxy (`X-Forwarded-Proto: https`) or on a
 /// loopback host, which browsers treat as secure. A browser would drop a
 /// `Secure` cookie sent over plain HTTP to any other host, so there the
-/// attribute is left out; put a TLS proxy in front of such a hub.
+/// attribute is left out. Put a TLS proxy in front of such a hub.
 fn secure(headers: &HeaderMap) -> &'static str {
     let header = |name| {
         headers

@@ -129,7 +129,7 @@ pub async fn events(
 }
 
 /// The filter of threads whose events a caller may receive, with the
-/// answers already looked up.
+/// results already looked up.
 struct Visibility {
     caller: Principal,
     storage: Storage,
@@ -152,8 +152,8 @@ impl Visibility {
             return *allowed;
         }
         if self.known.len() >= 4096 {
-            // A stream open for days sees many threads; start over rather
-            // than grow without end.
+            // A stream open for days meets many threads, so start over
+            // rather than grow without end.
             self.known.clear();
         }
         let allowed = matches!(

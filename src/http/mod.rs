@@ -53,7 +53,7 @@ pub struct AppState {
     pub openapi: Arc<OnceLock<String>>,
     /// The plugins folder's keeper, for rollbacks.
     pub reloader: Arc<crate::reload::Reloader>,
-    /// Who is calling: tokens, sessions, dev mode, rate limits.
+    /// Authentication: tokens, sessions, dev mode, rate limits.
     pub auth: Arc<crate::auth::Auth>,
 }
 

@@ -103,7 +103,7 @@ pub async fn taskflow_graph(
     })?;
     let snapshot = state.registry.snapshot();
     let catalog = &snapshot.catalog;
-    // A taskflow with no start task the caller may start is answered like
+    // A taskflow with no start task the caller may start is treated like
     // an unknown one, as a start of it would be.
     let visible = caller.is_dev() || catalog.may_start_below(&taskflow_id, &caller.groups);
     visible
@@ -200,7 +200,7 @@ pub async fn plugin_rollback(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RolledBack>, ApiError> {
     if !caller.is_admin() {
-        tracing::warn!(user_id = %caller.user_id, "rollback refused: not in the admin group");
+        tracing::warn!(user_id = %caller.user_id, "rollback rejected: not in the admin group");
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -412,8 +412,8 @@ fn command_task<'a>(
     }
 }
 
-/// Reads task `instance_id` and checks the caller may see its thread;
-/// answers 404 otherwise, as for an unknown id.
+/// Reads task `instance_id` and checks the caller may see its thread.
+/// Otherwise returns 404, as for an unknown id.
 async fn authorize_task(
     state: &AppState,
     caller: &Principal,

@@ -122,7 +122,8 @@ pub struct ThreadRecord {
     pub user_id: Option<String>,
     /// The group the thread runs for.
     pub group_id: Option<String>,
-    /// How it was started: `new`, `user`, `group` or `session`.
+    /// The thread mode it was started in: `new`, `user`, `group` or
+    /// `session`.
     pub mode: String,
     /// The user, group or session whose one thread it is, for the modes
     /// other than `new`.

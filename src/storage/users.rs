@@ -28,7 +28,7 @@ pub struct TokenRecord {
     pub kind: String,
     /// argon2 PHC string of the secret part.
     pub secret_hash: String,
-    /// What the operator called it.
+    /// The operator's note on what the token is for.
     pub label: Option<String>,
     /// Unix milliseconds.
     pub created_at: i64,
@@ -128,19 +128,7 @@ impl Storage {
         .bind(token_id)
         .fetch_optional(&self.readers)
         .await?;
-        row.map(|row| {
-            Ok(TokenRecord {
-                token_id: row.try_get("token_id")?,
-                user_id: row.try_get("user_id")?,
-                kind: row.try_get("kind")?,
-                secret_hash: row.try_get("secret_hash")?,
-                label: row.try_get("label")?,
-                created_at: row.try_get("created_at")?,
-                expires_at: row.try_get("expires_at")?,
-                revoked_at: row.try_get("revoked_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(token_from_row).transpose()
     }
 
     /// Returns the running thread of start task `start_task_id` that
@@ -164,9 +152,7 @@ impl Storage {
         .await?;
         Ok(row.map(|row| row.try_get("thread_id")).transpose()?)
     }
-}
 
-impl Storage {
     /// Returns the tokens of `user_id`, or of every user, newest first.
     /// Browser sessions are left out.
     ///
@@ -182,19 +168,20 @@ impl Storage {
         .bind(user_id)
         .fetch_all(&self.readers)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(TokenRecord {
-                    token_id: row.try_get("token_id")?,
-                    user_id: row.try_get("user_id")?,
-                    kind: row.try_get("kind")?,
-                    secret_hash: row.try_get("secret_hash")?,
-                    label: row.try_get("label")?,
-                    created_at: row.try_get("created_at")?,
-                    expires_at: row.try_get("expires_at")?,
-                    revoked_at: row.try_get("revoked_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(token_from_row).collect()
     }
+}
+
+/// Reads a token from a row with every column of `tokens`.
+fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StorageError> {
+    Ok(TokenRecord {
+        token_id: row.try_get("token_id")?,
+        user_id: row.try_get("user_id")?,
+        kind: row.try_get("kind")?,
+        secret_hash: row.try_get("secret_hash")?,
+        label: row.try_get("label")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
 }

@@ -190,7 +190,7 @@ struct Job {
     reply: oneshot::Sender<Result<(), WriteError>>,
 }
 
-/// What stops the writer task: the signal to stop, and its handle to
+/// The means to stop the writer task: the stop signal, and its handle to
 /// wait on.
 type WriterStop = (oneshot::Sender<()>, tokio::task::JoinHandle<()>);
 

@@ -67,8 +67,8 @@ async fn start(hub: &Hub, user: &User, id: &str, input: Value) -> (StatusCode, V
     post(hub, user, "/api/tasks", body).await
 }
 
-/// Waits until the thread's last task waits for a person, as `user` sees
-/// it, and returns that task.
+/// Waits until the thread's last task waits for a person, as read by
+/// `user`, and returns that task.
 async fn waiting_step(hub: &Hub, user: &User, thread_id: &str) -> Value {
     let path = format!("/api/threads/{thread_id}");
     wait_until("a step waiting for a person", || async {

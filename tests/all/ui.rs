@@ -250,7 +250,8 @@ async fn sign_in_shows_own_menu_and_signs_out() {
     browser.find("#login-password").await.clear().await.unwrap();
     browser.type_into("#login-password", password).await;
     browser.click("form.login button[type=submit]").await;
-    // The cookie was kept (HttpOnly, so only the hub's answers show it).
+    // The cookie was kept: it is HttpOnly, so only the hub's responses
+    // show it.
     browser
         .click(r#"button[data-task="examples.teams.board.start"]"#)
         .await;

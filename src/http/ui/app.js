@@ -520,7 +520,7 @@ async function logout() {
   loginPage();
 }
 
-/** The sign-in form; on success it shows the page that was asked for. */
+/** Shows the sign-in form; on success it shows the requested page. */
 function loginPage(message) {
   if (stream) { stream.close(); stream = null; liveStatus.textContent = ""; }
   const status = el("div");
